@@ -1,0 +1,842 @@
+//! The split engine: pure, synchronous, no I/O.
+//!
+//! [`compute`] runs the responsibility chain of PRODUCT.md §3 for every line; each stage
+//! is its own function below (base, fee, platform take and partners, attribution, chain,
+//! schedule, adjustments, cap, rounding, guard, residual). Arithmetic is [`Exact`] until
+//! each share is rounded, and the result is checked against the money invariants before
+//! it is returned.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Datelike, Duration, Utc};
+
+use super::exact::{Exact, Rounding};
+use super::money::Currency;
+use super::network::{self, NetworkSnapshot, PromoterNode, MAX_UPLINE_WALK};
+use super::order::{Funder, Line, Order};
+use super::ruleset::{
+    AttributionModel, Base, Conditions, CouponInBase, Ladder, LadderMode, Metric, Rule, RuleSet,
+    Schedule,
+};
+use super::split::{
+    Account, AccountAmount, ChainMember, Explanation, InvariantViolation, LineSplit, Share,
+    ShareKind, SplitResult, WeightEntry,
+};
+
+/// What the store knows at commit time that changes money: read in the same transaction
+/// that stores the result, so concurrent orders never see the same prior volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context {
+    /// The buyer has no earlier stored order.
+    pub first_order: bool,
+    /// Sales of earlier orders this month with this order's primary promoter, minor units.
+    pub promoter_month_prior: i64,
+    /// Sales of earlier orders this month of this merchant, minor units.
+    pub merchant_month_prior: i64,
+}
+
+/// Why a split could not be computed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The rule set needs a field the order does not have (path, message).
+    #[error("{0}: {1}")]
+    MissingField(String, String),
+    /// A share does not fit in i64 minor units.
+    #[error("a share is out of range")]
+    Overflow,
+    /// The computed split breaks a money invariant (a bug; never stored).
+    #[error(transparent)]
+    Invariant(#[from] InvariantViolation),
+}
+
+/// The calendar month of `at` in the rule set's zone, e.g. "2026-11".
+pub fn month_key(at: DateTime<Utc>, rs: &RuleSet) -> String {
+    let local = at.with_timezone(&rs.timezone);
+    format!("{:04}-{:02}", local.year(), local.month())
+}
+
+// ---------------------------------------------------------------- attribution
+
+/// A weighted level-1 promoter.
+#[derive(Debug, Clone)]
+pub struct Weighted {
+    /// The promoter.
+    pub node: PromoterNode,
+    /// Its exact weight (weights sum to 1).
+    pub weight: Exact,
+}
+
+/// Who gets level 1, and the primary promoter whose chain continues.
+#[derive(Debug, Clone, Default)]
+pub struct Attributed {
+    /// Level-1 promoters and weights, first appearance order.
+    pub weights: Vec<Weighted>,
+    /// Level 1 of the chain.
+    pub primary: Option<PromoterNode>,
+    /// What was ignored and why.
+    pub notes: Vec<String>,
+}
+
+/// Stage 5: weights the referrals inside the window by the model; with none, the buyer's
+/// bound promoter has weight 1.
+pub fn attribute(order: &Order, rs: &RuleSet, snap: &NetworkSnapshot) -> Attributed {
+    let mut notes = Vec::new();
+    let window_start = order.paid_at - Duration::days(i64::from(rs.attribution.window_days));
+    let mut eligible: Vec<(&PromoterNode, DateTime<Utc>)> = Vec::new();
+    for r in &order.referrals {
+        if r.at < window_start || r.at > order.paid_at {
+            notes.push(format!(
+                "referral to {} at {} is outside the {}-day window before payment; ignored",
+                r.promoter,
+                r.at.to_rfc3339(),
+                rs.attribution.window_days
+            ));
+            continue;
+        }
+        match snap.get(&r.promoter) {
+            Some(node) => eligible.push((node, r.at)),
+            None => notes.push(format!(
+                "referral to unknown promoter {}; ignored",
+                r.promoter
+            )),
+        }
+    }
+    eligible.sort_by_key(|(_, at)| *at); // stable: ties keep the order given
+    if eligible.is_empty() {
+        let bound = snap.bound.as_deref().and_then(|id| snap.get(id));
+        return match bound {
+            Some(node) => Attributed {
+                weights: vec![Weighted {
+                    node: node.clone(),
+                    weight: Exact::one(),
+                }],
+                primary: Some(node.clone()),
+                notes,
+            },
+            None => Attributed {
+                weights: vec![],
+                primary: None,
+                notes,
+            },
+        };
+    }
+    let n = eligible.len();
+    let a = &rs.attribution;
+    let weights: Vec<Exact> = match a.model {
+        AttributionModel::LastClick => (0..n)
+            .map(|i| {
+                if i == n - 1 {
+                    Exact::one()
+                } else {
+                    Exact::zero()
+                }
+            })
+            .collect(),
+        AttributionModel::FirstClick => (0..n)
+            .map(|i| if i == 0 { Exact::one() } else { Exact::zero() })
+            .collect(),
+        AttributionModel::Linear => {
+            let w = Exact::ratio(1, n as i128).expect("n > 0");
+            vec![w; n]
+        }
+        AttributionModel::PositionBased => match n {
+            1 => vec![Exact::one()],
+            2 => {
+                let sum = a.first.add(&a.last);
+                vec![
+                    a.first.div(&sum).expect("first + last > 0 (validated)"),
+                    a.last.div(&sum).expect("first + last > 0 (validated)"),
+                ]
+            }
+            _ => {
+                let middle = Exact::one()
+                    .sub(&a.first)
+                    .sub(&a.last)
+                    .div(&Exact::int(n as i128 - 2))
+                    .expect("n > 2");
+                (0..n)
+                    .map(|i| {
+                        if i == 0 {
+                            a.first.clone()
+                        } else if i == n - 1 {
+                            a.last.clone()
+                        } else {
+                            middle.clone()
+                        }
+                    })
+                    .collect()
+            }
+        },
+    };
+    let primary_idx = if a.model == AttributionModel::FirstClick {
+        0
+    } else {
+        n - 1
+    };
+    // A promoter named twice gets both parts: one level-1 piece with the summed weight.
+    let mut merged: Vec<Weighted> = Vec::new();
+    for ((node, _), w) in eligible.iter().zip(weights) {
+        if w.is_zero() {
+            continue;
+        }
+        match merged.iter_mut().find(|m| m.node.id == node.id) {
+            Some(m) => m.weight = m.weight.add(&w),
+            None => merged.push(Weighted {
+                node: (*node).clone(),
+                weight: w,
+            }),
+        }
+    }
+    Attributed {
+        weights: merged,
+        primary: Some(eligible[primary_idx].0.clone()),
+        notes,
+    }
+}
+
+// ---------------------------------------------------------------- chain
+
+/// A level of the chain above level 1.
+#[derive(Debug, Clone)]
+pub struct Level {
+    /// The ancestor at this level.
+    pub node: PromoterNode,
+    /// It took the level of a skipped non-active ancestor.
+    pub compressed: bool,
+}
+
+/// Stage 6: levels 2..=max_levels walking up from the primary promoter's parent.
+/// `result[0]` is level 2. Without compression a non-active ancestor keeps its level (and
+/// earns nothing); with compression the next active ancestor takes it.
+pub fn walk_chain(primary: &PromoterNode, rs: &RuleSet, snap: &NetworkSnapshot) -> Vec<Level> {
+    let wanted = rs.max_levels.saturating_sub(1) as usize;
+    let ancestors = network::upline(primary, MAX_UPLINE_WALK, |id| snap.get(id));
+    let mut out = Vec::with_capacity(wanted);
+    if rs.compression {
+        let mut skipped = false;
+        for a in ancestors {
+            if out.len() == wanted {
+                break;
+            }
+            if a.is_active() {
+                out.push(Level {
+                    node: a.clone(),
+                    compressed: skipped,
+                });
+            } else {
+                skipped = true;
+            }
+        }
+    } else {
+        out.extend(ancestors.into_iter().take(wanted).map(|a| Level {
+            node: a.clone(),
+            compressed: false,
+        }));
+    }
+    out
+}
+
+// ---------------------------------------------------------------- stages per line
+
+/// Order-wide facts the conditions read.
+struct Facts<'a> {
+    order: &'a Order,
+    grade: Option<&'a str>,
+    first_order: bool,
+    /// The order's sales in major units.
+    sales_major: Exact,
+}
+
+fn in_set(set: &Option<std::collections::BTreeSet<String>>, v: &str) -> bool {
+    set.as_ref().is_none_or(|s| s.contains(v))
+}
+
+fn matches(c: &Conditions, f: &Facts, line: &Line) -> bool {
+    in_set(&c.category, &line.category)
+        && in_set(&c.sku, &line.sku)
+        && in_set(&c.merchant, &f.order.merchant)
+        && in_set(&c.channel, f.order.channel_id())
+        && c.tags
+            .as_ref()
+            .is_none_or(|t| f.order.tags.iter().any(|x| t.contains(x)))
+        && c.promoter_grade
+            .as_ref()
+            .is_none_or(|g| f.grade.is_some_and(|x| g.contains(x)))
+        && c.first_order.is_none_or(|want| want == f.first_order)
+        && c.order_amount
+            .as_ref()
+            .is_none_or(|r| r.contains(&f.sales_major))
+}
+
+/// Stage 7a: the matching rule with the highest priority (rules are sorted).
+fn select_rule<'r>(rs: &'r RuleSet, f: &Facts, line: &Line) -> Option<&'r Rule> {
+    rs.rules.iter().find(|r| {
+        let currency_ok =
+            !(r.schedule.reads_amounts() && rs.currency.is_some_and(|c| c != f.order.currency));
+        currency_ok && matches(&r.when, f, line)
+    })
+}
+
+/// Stage 2: the commission base of a line, exact minor units.
+fn base_of(rs: &RuleSet, line: &Line, idx: usize) -> Result<i64, EngineError> {
+    let coupon_back = match (&line.coupon, rs.coupon_in_base, rs.base) {
+        (_, _, Base::List) | (None, _, _) | (_, CouponInBase::None, _) => 0,
+        (Some(c), CouponInBase::All, _) => c.amount,
+        (Some(c), CouponInBase::PlatformFunded, _) if c.funded_by == Funder::Platform => c.amount,
+        _ => 0,
+    };
+    let base = match rs.base {
+        Base::Paid => line.paid,
+        Base::List => line.gross,
+        Base::Profit => {
+            let cost = line.unit_cost.ok_or_else(|| {
+                EngineError::MissingField(
+                    format!("order.lines[{idx}].unit_cost"),
+                    "is required: the rule set computes commissions on profit".into(),
+                )
+            })?;
+            let total_cost = line
+                .quantity
+                .checked_mul(cost)
+                .ok_or(EngineError::Overflow)?;
+            line.paid.saturating_sub(total_cost).max(0)
+        }
+    };
+    base.checked_add(coupon_back).ok_or(EngineError::Overflow)
+}
+
+fn round(x: &Exact, mode: Rounding) -> Result<i64, EngineError> {
+    x.round_to_i64(mode).ok_or(EngineError::Overflow)
+}
+
+/// Volume a ladder reads before this order, minor units.
+fn prior_volume(metric: Metric, ctx: &Context) -> i64 {
+    match metric {
+        Metric::PromoterMonthSales => ctx.promoter_month_prior,
+        Metric::MerchantMonthSales => ctx.merchant_month_prior,
+        Metric::OrderAmount => 0,
+    }
+}
+
+/// Σ slice × rate over [prior, prior + sales) for a marginal ladder (minor units), or the
+/// flat rate × sales; also returns the effective rate (amount / sales).
+fn ladder_amount(l: &Ladder, currency: Currency, prior: i64, sales: i64) -> (Exact, Exact) {
+    let from = |i: usize| currency.major_to_minor(&l.tiers[i].from);
+    let tier_at = |v: &Exact| {
+        let mut idx = 0;
+        for i in 0..l.tiers.len() {
+            if from(i) <= *v {
+                idx = i;
+            }
+        }
+        l.tiers[idx].rate.clone()
+    };
+    let sales_x = Exact::int(i128::from(sales));
+    match l.mode {
+        LadderMode::Flat => {
+            let v = if l.metric == Metric::OrderAmount {
+                sales_x.clone()
+            } else {
+                Exact::int(i128::from(prior) + i128::from(sales))
+            };
+            let rate = tier_at(&v);
+            (rate.mul(&sales_x), rate)
+        }
+        LadderMode::Marginal => {
+            let lo = Exact::int(i128::from(prior));
+            if sales == 0 {
+                let rate = tier_at(&lo);
+                return (Exact::zero(), rate);
+            }
+            let hi = Exact::int(i128::from(prior) + i128::from(sales));
+            let mut amount = Exact::zero();
+            for i in 0..l.tiers.len() {
+                let t_lo = from(i);
+                let start = if t_lo > lo { t_lo } else { lo.clone() };
+                let end = if i + 1 < l.tiers.len() {
+                    from(i + 1).min(hi.clone())
+                } else {
+                    hi.clone()
+                };
+                if end > start {
+                    amount = amount.add(&end.sub(&start).mul(&l.tiers[i].rate));
+                }
+            }
+            let rate = amount.div(&sales_x).expect("sales > 0");
+            (amount, rate)
+        }
+    }
+}
+
+/// Stage 4: the platform rate of a line: the rule's, else the ladder's, else the flat rate.
+fn platform_rate(
+    rs: &RuleSet,
+    rule: Option<&Rule>,
+    order: &Order,
+    ctx: &Context,
+) -> (Exact, String) {
+    if let Some(r) = rule.and_then(|r| r.platform_rate.as_ref()) {
+        return (
+            r.clone(),
+            format!("platform_rate of rule {}", rule.map_or("", |r| &r.id)),
+        );
+    }
+    if let Some(l) = &rs.platform_ladder {
+        if rs.currency.is_some_and(|c| c != order.currency) {
+            return (
+                l.tiers[0].rate.clone(),
+                "platform ladder in another currency: first tier".into(),
+            );
+        }
+        let (_, rate) = ladder_amount(
+            l,
+            order.currency,
+            prior_volume(l.metric, ctx),
+            order.sales(),
+        );
+        return (rate, "platform ladder".into());
+    }
+    (rs.platform_rate.clone(), String::new())
+}
+
+/// One commission piece before rounding.
+struct Piece {
+    promoter: String,
+    level: u32,
+    exact: Exact,
+    expl: Explanation,
+}
+
+/// Stages 7–8: the exact pieces of a line (before cap), per level and promoter.
+#[allow(clippy::too_many_arguments)]
+fn commission_pieces(
+    rs: &RuleSet,
+    rule: &Rule,
+    facts: &Facts,
+    line: &Line,
+    base: i64,
+    att: &Attributed,
+    chain: &[Level],
+    ctx: &Context,
+    notes: &mut Vec<String>,
+) -> Vec<Piece> {
+    let order = facts.order;
+    let cur = order.currency;
+    let base_x = Exact::int(i128::from(base));
+    // Adjustment additions per level (rate schedules only).
+    let mut adds: BTreeMap<u32, (Exact, Vec<String>)> = BTreeMap::new();
+    if !matches!(rule.schedule, Schedule::Fixed(_)) {
+        for a in rs
+            .adjustments
+            .iter()
+            .filter(|a| matches(&a.when, facts, line))
+        {
+            let e = adds
+                .entry(a.level)
+                .or_insert_with(|| (Exact::zero(), vec![]));
+            e.0 = e.0.add(&a.add);
+            e.1.push(a.id.clone());
+        }
+    }
+    // (exact amount for the level, rate shown)
+    let levels = rule.schedule.len().min(rs.max_levels as usize);
+    let mut per_level: Vec<(Exact, String, Vec<String>)> = Vec::with_capacity(levels);
+    for k in 1..=levels as u32 {
+        let (add, ids) = adds
+            .get(&k)
+            .cloned()
+            .unwrap_or_else(|| (Exact::zero(), vec![]));
+        let (amount, rate) = match &rule.schedule {
+            Schedule::Rates(r) => {
+                let rate = r[k as usize - 1].add(&add);
+                (rate.mul(&base_x), rate.to_string())
+            }
+            Schedule::Fixed(f) => {
+                let per_unit = cur.major_to_minor(&f[k as usize - 1]);
+                (
+                    per_unit.mul(&Exact::int(i128::from(line.quantity))),
+                    format!("{} per unit", f[k as usize - 1]),
+                )
+            }
+            Schedule::Ladder(l) if k == 1 => {
+                let (_, eff) = ladder_amount(l, cur, prior_volume(l.metric, ctx), order.sales());
+                let rate = eff.add(&add);
+                (rate.mul(&base_x), rate.to_string())
+            }
+            Schedule::Ladder(l) => {
+                let rate = l.levels[k as usize - 2].add(&add);
+                (rate.mul(&base_x), rate.to_string())
+            }
+        };
+        per_level.push((amount, rate, ids));
+    }
+    let mut pieces = Vec::new();
+    let expl = |level: u32, rate: &str, ids: &[String]| {
+        let mut e = Explanation::of(ShareKind::Commission, base);
+        e.rule_id = rule.id.clone();
+        e.level = level;
+        e.rate = rate.to_string();
+        e.adjustments = ids.to_vec();
+        e
+    };
+    if let Some((amount1, rate1, ids1)) = per_level.first() {
+        for w in &att.weights {
+            if !w.node.is_active() {
+                notes.push(format!(
+                    "line {}: level-1 piece of {} promoter {} stays with the merchant",
+                    line.id, w.node.status, w.node.id
+                ));
+                continue;
+            }
+            let mut e = expl(1, rate1, ids1);
+            e.weight = w.weight.to_string();
+            pieces.push(Piece {
+                promoter: w.node.id.clone(),
+                level: 1,
+                exact: amount1.mul(&w.weight),
+                expl: e,
+            });
+        }
+    }
+    for (k, (amount, rate, ids)) in per_level.iter().enumerate().skip(1) {
+        let level = k as u32 + 1;
+        match chain.get(k - 1) {
+            Some(l) if l.node.is_active() => {
+                let mut e = expl(level, rate, ids);
+                e.compressed = l.compressed;
+                pieces.push(Piece {
+                    promoter: l.node.id.clone(),
+                    level,
+                    exact: amount.clone(),
+                    expl: e,
+                });
+            }
+            Some(l) => notes.push(format!(
+                "line {}: level {level} ancestor {} is {}; its share stays with the merchant",
+                line.id, l.node.id, l.node.status
+            )),
+            None => {}
+        }
+    }
+    pieces
+}
+
+fn share(account: Account, amount: i64, e: Explanation) -> Share {
+    Share {
+        account,
+        amount,
+        explanations: vec![e],
+    }
+}
+
+/// Stages 2–10 for one line.
+#[allow(clippy::too_many_arguments)]
+fn split_line(
+    rs: &RuleSet,
+    facts: &Facts,
+    line: &Line,
+    idx: usize,
+    att: &Attributed,
+    chain: &[Level],
+    ctx: &Context,
+    notes: &mut Vec<String>,
+) -> Result<LineSplit, EngineError> {
+    let order = facts.order;
+    let d = line.paid;
+    let d_x = Exact::int(i128::from(d));
+    let rule = select_rule(rs, facts, line);
+    let base = base_of(rs, line, idx)?;
+    // Stage 3: channel fee.
+    let fee_rate = rs.fee_rate(order.channel_id());
+    let fee = round(&fee_rate.mul(&d_x), rs.rounding)?.min(d);
+    // Stage 4: platform take and partners.
+    let (p_rate, p_detail) = platform_rate(rs, rule, order, ctx);
+    let mut take = round(&p_rate.mul(&d_x), rs.rounding)?;
+    let mut take_detail = p_detail;
+    if take > d - fee {
+        take = d - fee;
+        take_detail = "clamped so that fee + take never exceed the line".into();
+    }
+    let take_x = Exact::int(i128::from(take));
+    let mut partner_amounts: Vec<(String, i64, Explanation)> = Vec::new();
+    for p in &rs.partners {
+        let amount = round(&p.share.mul(&take_x), rs.rounding)?;
+        let mut e = Explanation::of(ShareKind::Partner, take);
+        e.rate = p.share.to_string();
+        e.exact = p.share.mul(&take_x).to_string();
+        partner_amounts.push((p.id.clone(), amount, e));
+    }
+    let partner_sum: i64 = partner_amounts.iter().map(|p| p.1).sum();
+    if partner_sum > take {
+        // Rounding up can only overshoot by a few minor units; scale down like the guard.
+        for p in &mut partner_amounts {
+            p.1 = (i128::from(p.1) * i128::from(take) / i128::from(partner_sum)) as i64;
+            p.2.guarded = true;
+        }
+    }
+    let partner_sum: i64 = partner_amounts.iter().map(|p| p.1).sum();
+    // Stages 5–8: commissions.
+    let mut pieces = match rule {
+        Some(rule) if !att.weights.is_empty() => {
+            commission_pieces(rs, rule, facts, line, base, att, chain, ctx, notes)
+        }
+        _ => Vec::new(),
+    };
+    let total = pieces.iter().fold(Exact::zero(), |s, p| s.add(&p.exact));
+    if let Some(cap) = &rs.cap {
+        let limit = cap.mul(&Exact::int(i128::from(base)));
+        if total > limit {
+            let factor = limit.div(&total).expect("total > limit ≥ 0");
+            for p in &mut pieces {
+                p.exact = p.exact.mul(&factor);
+                p.expl.capped = true;
+            }
+        }
+    }
+    let mut rounded: Vec<i64> = Vec::with_capacity(pieces.len());
+    for p in &mut pieces {
+        p.expl.exact = p.exact.to_string();
+        rounded.push(round(&p.exact, rs.rounding)?.max(0));
+    }
+    // Stage 9: guard.
+    let promoters: i64 = rounded
+        .iter()
+        .try_fold(0i64, |s, v| s.checked_add(*v))
+        .ok_or(EngineError::Overflow)?;
+    let avail = d - fee - take;
+    if promoters > avail {
+        for (p, r) in pieces.iter_mut().zip(rounded.iter_mut()) {
+            *r = (i128::from(*r) * i128::from(avail) / i128::from(promoters)) as i64;
+            p.expl.guarded = true;
+        }
+    }
+    let promoters: i64 = rounded.iter().sum();
+    // Stage 10: merchant residual.
+    let merchant = d - fee - take - promoters;
+    let mut shares = vec![share(
+        Account::Merchant(order.merchant.clone()),
+        merchant,
+        Explanation::of(ShareKind::MerchantResidual, d),
+    )];
+    let mut pe = Explanation::of(ShareKind::PlatformTake, d);
+    pe.rate = p_rate.to_string();
+    pe.exact = p_rate.mul(&d_x).to_string();
+    pe.detail = take_detail;
+    if partner_sum > 0 {
+        pe.detail = format!(
+            "{}{}keeps {} after partners",
+            pe.detail,
+            if pe.detail.is_empty() { "" } else { "; " },
+            take - partner_sum
+        );
+    }
+    shares.push(share(Account::Platform, take - partner_sum, pe));
+    for (id, amount, e) in partner_amounts {
+        shares.push(share(Account::Partner(id), amount, e));
+    }
+    let mut fe = Explanation::of(ShareKind::ChannelFee, d);
+    fe.rate = fee_rate.to_string();
+    fe.exact = fee_rate.mul(&d_x).to_string();
+    shares.push(share(
+        Account::Channel(order.channel_id().to_string()),
+        fee,
+        fe,
+    ));
+    for (p, amount) in pieces.into_iter().zip(rounded) {
+        let acct = Account::Promoter(p.promoter);
+        match shares.iter_mut().find(|s| s.account == acct) {
+            Some(s) => {
+                s.amount += amount;
+                s.explanations.push(p.expl);
+            }
+            None => shares.push(Share {
+                account: acct,
+                amount,
+                explanations: vec![p.expl],
+            }),
+        }
+    }
+    shares.retain(|s| s.amount != 0 || matches!(s.account, Account::Merchant(_)));
+    Ok(LineSplit {
+        line_id: line.id.clone(),
+        paid: d,
+        base,
+        uses: line.uses,
+        shares,
+    })
+}
+
+/// The shipping pseudo-line: the channel fee, the rest to the merchant.
+fn split_shipping(rs: &RuleSet, order: &Order) -> Result<LineSplit, EngineError> {
+    let s = order.shipping;
+    let s_x = Exact::int(i128::from(s));
+    let fee_rate = rs.fee_rate(order.channel_id());
+    let fee = round(&fee_rate.mul(&s_x), rs.rounding)?.min(s);
+    let mut fe = Explanation::of(ShareKind::ChannelFee, s);
+    fe.rate = fee_rate.to_string();
+    fe.exact = fee_rate.mul(&s_x).to_string();
+    let mut me = Explanation::of(ShareKind::MerchantResidual, s);
+    me.detail = "shipping carries no platform take and no commission".into();
+    let mut shares = vec![share(
+        Account::Merchant(order.merchant.clone()),
+        s - fee,
+        me,
+    )];
+    if fee > 0 {
+        shares.push(share(
+            Account::Channel(order.channel_id().to_string()),
+            fee,
+            fe,
+        ));
+    }
+    Ok(LineSplit {
+        line_id: "shipping".into(),
+        paid: s,
+        base: 0,
+        uses: None,
+        shares,
+    })
+}
+
+/// Everything one computation needs besides the order and the rule set.
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    /// The network as seen for this order.
+    pub network: &'a NetworkSnapshot,
+    /// Store state read at commit time.
+    pub context: Context,
+    /// Version number of the rule set (0 for drafts).
+    pub ruleset_version: u64,
+    /// Fingerprint of the order content.
+    pub fingerprint: String,
+    /// Computation time.
+    pub now: DateTime<Utc>,
+}
+
+/// Computes the split of an order. Pure: same inputs, same result.
+pub fn compute(order: &Order, rs: &RuleSet, inputs: &Inputs) -> Result<SplitResult, EngineError> {
+    let att = attribute(order, rs, inputs.network);
+    let chain = att
+        .primary
+        .as_ref()
+        .map(|p| walk_chain(p, rs, inputs.network))
+        .unwrap_or_default();
+    compute_with(order, rs, inputs, &att, &chain)
+}
+
+/// [`compute`] with attribution and chain already resolved.
+pub fn compute_with(
+    order: &Order,
+    rs: &RuleSet,
+    inputs: &Inputs,
+    att: &Attributed,
+    chain: &[Level],
+) -> Result<SplitResult, EngineError> {
+    let ctx = &inputs.context;
+    let cur = order.currency;
+    let sales = order.sales();
+    let facts = Facts {
+        order,
+        grade: att.primary.as_ref().and_then(|p| p.grade.as_deref()),
+        first_order: ctx.first_order,
+        sales_major: Exact::ratio(i128::from(sales), i128::from(cur.minor_per_major()))
+            .expect("10^e > 0"),
+    };
+    let mut notes = att.notes.clone();
+    let mut lines = Vec::with_capacity(order.lines.len() + 1);
+    for (i, line) in order.lines.iter().enumerate() {
+        lines.push(split_line(
+            rs, &facts, line, i, att, chain, ctx, &mut notes,
+        )?);
+    }
+    if order.shipping > 0 {
+        lines.push(split_shipping(rs, order)?);
+    }
+    // Promoters' lowest level in the order fixes their place in the account order.
+    let mut level_of: HashMap<String, u32> = HashMap::new();
+    for l in &lines {
+        for s in &l.shares {
+            if let Account::Promoter(id) = &s.account {
+                let lv = s
+                    .explanations
+                    .iter()
+                    .map(|e| e.level)
+                    .min()
+                    .unwrap_or(u32::MAX);
+                let e = level_of.entry(id.clone()).or_insert(lv);
+                *e = (*e).min(lv);
+            }
+        }
+    }
+    let lvl = |id: &str| level_of.get(id).copied().unwrap_or(u32::MAX);
+    let mut totals: Vec<AccountAmount> = Vec::new();
+    for l in &mut lines {
+        l.shares
+            .sort_by(|a, b| a.account.order_cmp(&b.account, &lvl));
+        for s in &l.shares {
+            match totals.iter_mut().find(|t| t.account == s.account) {
+                Some(t) => {
+                    t.amount = t
+                        .amount
+                        .checked_add(s.amount)
+                        .ok_or(EngineError::Overflow)?
+                }
+                None => totals.push(AccountAmount {
+                    account: s.account.clone(),
+                    amount: s.amount,
+                }),
+            }
+        }
+    }
+    totals.sort_by(|a, b| a.account.order_cmp(&b.account, &lvl));
+    let mut chain_out = Vec::new();
+    if let Some(p) = &att.primary {
+        chain_out.push(ChainMember {
+            level: 1,
+            promoter: p.id.clone(),
+            status: p.status.to_string(),
+            grade: p.grade.clone().unwrap_or_default(),
+        });
+    }
+    for (k, l) in chain.iter().enumerate() {
+        chain_out.push(ChainMember {
+            level: k as u32 + 2,
+            promoter: l.node.id.clone(),
+            status: l.node.status.to_string(),
+            grade: l.node.grade.clone().unwrap_or_default(),
+        });
+    }
+    let primary_id = att.primary.as_ref().map(|p| p.id.clone());
+    let attribution = att
+        .weights
+        .iter()
+        .map(|w| WeightEntry {
+            promoter: w.node.id.clone(),
+            weight: w.weight.to_string(),
+            primary: Some(&w.node.id) == primary_id.as_ref(),
+        })
+        .collect();
+    let result = SplitResult {
+        order_id: order.id.clone(),
+        merchant: order.merchant.clone(),
+        buyer: order.buyer.clone(),
+        currency: cur.code().to_string(),
+        exponent: cur.exponent(),
+        paid_at: order.paid_at,
+        ruleset_version: inputs.ruleset_version,
+        lines,
+        totals,
+        chain: chain_out,
+        attribution,
+        notes,
+        fingerprint: inputs.fingerprint.clone(),
+        computed_at: inputs.now,
+        paid: order.total_paid(),
+        sales,
+        primary_promoter: primary_id,
+        month: month_key(order.paid_at, rs),
+        hold_days: rs.hold_days,
+    };
+    result.check()?;
+    Ok(result)
+}

@@ -1,0 +1,14 @@
+//! The domain: exact money, orders, rule sets, the network and the split engine.
+//!
+//! Everything here is pure and synchronous: no I/O, no async, no proto types. Values are
+//! parsed once at the boundary (`Order::parse`, `ruleset::compile`) and cannot be invalid
+//! afterwards.
+
+pub mod engine;
+pub mod exact;
+pub mod fingerprint;
+pub mod money;
+pub mod network;
+pub mod order;
+pub mod ruleset;
+pub mod split;

@@ -1,0 +1,388 @@
+//! The result of a split: accounts, shares with explanations, and its invariants.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An account that receives money.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Account {
+    /// `merchant:<id>`: the residual.
+    Merchant(String),
+    /// `platform`.
+    Platform,
+    /// `partner:<id>`: a sub-share of the platform take.
+    Partner(String),
+    /// `channel:<id>`: the payment channel's fee.
+    Channel(String),
+    /// `promoter:<id>`.
+    Promoter(String),
+}
+
+impl Account {
+    /// The fixed rank of the account kind (merchant, platform, partners, channel, promoters).
+    fn rank(&self) -> u8 {
+        match self {
+            Account::Merchant(_) => 0,
+            Account::Platform => 1,
+            Account::Partner(_) => 2,
+            Account::Channel(_) => 3,
+            Account::Promoter(_) => 4,
+        }
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            Account::Platform => "",
+            Account::Merchant(i)
+            | Account::Partner(i)
+            | Account::Channel(i)
+            | Account::Promoter(i) => i,
+        }
+    }
+
+    /// The fixed account order (PRODUCT.md §5): merchant, platform, partners by id,
+    /// channel, promoters by their lowest level in the order, then id.
+    pub fn order_cmp(&self, other: &Account, promoter_level: &impl Fn(&str) -> u32) -> Ordering {
+        self.rank().cmp(&other.rank()).then_with(|| {
+            if let (Account::Promoter(a), Account::Promoter(b)) = (self, other) {
+                promoter_level(a)
+                    .cmp(&promoter_level(b))
+                    .then_with(|| a.cmp(b))
+            } else {
+                self.id().cmp(other.id())
+            }
+        })
+    }
+}
+
+impl fmt::Display for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Account::Merchant(i) => write!(f, "merchant:{i}"),
+            Account::Platform => f.write_str("platform"),
+            Account::Partner(i) => write!(f, "partner:{i}"),
+            Account::Channel(i) => write!(f, "channel:{i}"),
+            Account::Promoter(i) => write!(f, "promoter:{i}"),
+        }
+    }
+}
+
+impl FromStr for Account {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "platform" {
+            return Ok(Account::Platform);
+        }
+        let (kind, id) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} is not an account"))?;
+        if id.is_empty() {
+            return Err(format!("{s:?} has no id"));
+        }
+        let id = id.to_string();
+        match kind {
+            "merchant" => Ok(Account::Merchant(id)),
+            "partner" => Ok(Account::Partner(id)),
+            "channel" => Ok(Account::Channel(id)),
+            "promoter" => Ok(Account::Promoter(id)),
+            _ => Err(format!("{s:?}: unknown account kind {kind:?}")),
+        }
+    }
+}
+
+impl Serialize for Account {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Account {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What produced a piece of a share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShareKind {
+    /// What remains for the merchant.
+    MerchantResidual,
+    /// The channel's fee.
+    ChannelFee,
+    /// The platform's take (after partners).
+    PlatformTake,
+    /// A partner's share of the take.
+    Partner,
+    /// A promoter's commission.
+    Commission,
+}
+
+/// Why a piece is what it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// Kind.
+    pub kind: ShareKind,
+    /// The rule that applied (commissions).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rule_id: String,
+    /// Promoter level.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub level: u32,
+    /// What the rate applied to, minor units.
+    pub base: i64,
+    /// The exact rate.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rate: String,
+    /// Attribution weight (level 1).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub weight: String,
+    /// Exact amount before rounding, minor units.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub exact: String,
+    /// The cap scaled it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub capped: bool,
+    /// The guard scaled it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub guarded: bool,
+    /// It took the level of a non-active ancestor.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub compressed: bool,
+    /// Adjustments added to the rate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adjustments: Vec<String>,
+    /// Anything else.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+impl Explanation {
+    /// A bare explanation of a kind.
+    pub fn of(kind: ShareKind, base: i64) -> Self {
+        Explanation {
+            kind,
+            rule_id: String::new(),
+            level: 0,
+            base,
+            rate: String::new(),
+            weight: String::new(),
+            exact: String::new(),
+            capped: false,
+            guarded: false,
+            compressed: false,
+            adjustments: vec![],
+            detail: String::new(),
+        }
+    }
+}
+
+/// One account's share of one line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// Account.
+    pub account: Account,
+    /// Minor units, ≥ 0.
+    pub amount: i64,
+    /// One per piece.
+    pub explanations: Vec<Explanation>,
+}
+
+/// The split of one line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineSplit {
+    /// Line id (`shipping` for the shipping pseudo-line).
+    pub line_id: String,
+    /// What the buyer paid for it.
+    pub paid: i64,
+    /// The commission base.
+    pub base: i64,
+    /// Card uses, for prepaid cards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u32>,
+    /// Shares in the fixed account order; they sum to `paid`.
+    pub shares: Vec<Share>,
+}
+
+/// An account's total.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountAmount {
+    /// Account.
+    pub account: Account,
+    /// Minor units.
+    pub amount: i64,
+}
+
+/// A chain member used by the result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainMember {
+    /// Level.
+    pub level: u32,
+    /// Promoter id.
+    pub promoter: String,
+    /// Status at computation time.
+    pub status: String,
+    /// Grade at computation time.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub grade: String,
+}
+
+/// An attribution weight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightEntry {
+    /// Promoter id.
+    pub promoter: String,
+    /// Exact weight.
+    pub weight: String,
+    /// The primary promoter.
+    pub primary: bool,
+}
+
+/// The complete, immutable result of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitResult {
+    /// Order id.
+    pub order_id: String,
+    /// Merchant.
+    pub merchant: String,
+    /// Buyer.
+    pub buyer: String,
+    /// Currency code.
+    pub currency: String,
+    /// Currency exponent.
+    pub exponent: u32,
+    /// Payment time.
+    pub paid_at: DateTime<Utc>,
+    /// Rule-set version (0 for a draft preview).
+    pub ruleset_version: u64,
+    /// Lines (and the shipping pseudo-line last).
+    pub lines: Vec<LineSplit>,
+    /// Per-account totals in the fixed order.
+    pub totals: Vec<AccountAmount>,
+    /// Chain used.
+    pub chain: Vec<ChainMember>,
+    /// Attribution used.
+    pub attribution: Vec<WeightEntry>,
+    /// Notes.
+    pub notes: Vec<String>,
+    /// Fingerprint of the order content.
+    pub fingerprint: String,
+    /// When it was computed.
+    pub computed_at: DateTime<Utc>,
+    /// Total paid (lines and shipping).
+    pub paid: i64,
+    /// The order's sales (Σ line paid, shipping excluded): what volume counters moved by.
+    pub sales: i64,
+    /// The primary promoter whose month volume moved, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_promoter: Option<String>,
+    /// The calendar month (in the rule set's zone) whose counters moved: "2026-11".
+    pub month: String,
+    /// Days from payment until entries are available.
+    pub hold_days: u32,
+}
+
+/// A broken money invariant: never stored, never served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("money invariant broken: {0}")]
+pub struct InvariantViolation(pub String);
+
+impl SplitResult {
+    /// Checks that every line's shares sum exactly to what was paid for it, no share is
+    /// negative, and the totals are the sum of the lines.
+    pub fn check(&self) -> Result<(), InvariantViolation> {
+        let mut totals: HashMap<&Account, i64> = HashMap::new();
+        let mut paid: i64 = 0;
+        for l in &self.lines {
+            let mut sum: i64 = 0;
+            for s in &l.shares {
+                if s.amount < 0 {
+                    return Err(InvariantViolation(format!(
+                        "line {} gives {} a negative share",
+                        l.line_id, s.account
+                    )));
+                }
+                sum = sum
+                    .checked_add(s.amount)
+                    .ok_or_else(|| InvariantViolation("overflow".into()))?;
+                let t = totals.entry(&s.account).or_default();
+                *t = t
+                    .checked_add(s.amount)
+                    .ok_or_else(|| InvariantViolation("overflow".into()))?;
+            }
+            if sum != l.paid {
+                return Err(InvariantViolation(format!(
+                    "line {} shares sum to {sum}, the buyer paid {}",
+                    l.line_id, l.paid
+                )));
+            }
+            paid = paid
+                .checked_add(l.paid)
+                .ok_or_else(|| InvariantViolation("overflow".into()))?;
+        }
+        if paid != self.paid {
+            return Err(InvariantViolation(format!(
+                "lines sum to {paid}, the order paid {}",
+                self.paid
+            )));
+        }
+        let listed: i64 = self.totals.iter().map(|t| t.amount).sum();
+        if listed != paid {
+            return Err(InvariantViolation(format!(
+                "totals sum to {listed}, the order paid {paid}"
+            )));
+        }
+        for t in &self.totals {
+            if totals.get(&t.account).copied().unwrap_or(0) != t.amount {
+                return Err(InvariantViolation(format!(
+                    "total of {} does not match its lines",
+                    t.account
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The total of one account in this order.
+    pub fn total_of(&self, account: &Account) -> i64 {
+        self.totals
+            .iter()
+            .find(|t| &t.account == account)
+            .map_or(0, |t| t.amount)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_round_trip_through_their_names() {
+        for s in [
+            "merchant:M1",
+            "platform",
+            "partner:ops",
+            "channel:default",
+            "promoter:P-1",
+        ] {
+            assert_eq!(s.parse::<Account>().unwrap().to_string(), s);
+        }
+        assert!("bank:x".parse::<Account>().is_err());
+        assert!("merchant:".parse::<Account>().is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! prorata: exact, explainable commission and revenue splits over gRPC.
+//!
+//! # Layout
+//!
+//! - [`domain`]: pure types and the split engine (no I/O, no async, no proto types).
+#![forbid(unsafe_code)]
+
+pub mod domain;
