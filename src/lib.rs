@@ -5,4 +5,12 @@
 //! - [`domain`]: pure types and the split engine (no I/O, no async, no proto types).
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod cache;
+pub mod config;
 pub mod domain;
+pub mod grpc;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod vectors;

@@ -402,7 +402,6 @@ fn platform_rate(
 /// One commission piece before rounding.
 struct Piece {
     promoter: String,
-    level: u32,
     exact: Exact,
     expl: Explanation,
 }
@@ -492,7 +491,6 @@ fn commission_pieces(
             e.weight = w.weight.to_string();
             pieces.push(Piece {
                 promoter: w.node.id.clone(),
-                level: 1,
                 exact: amount1.mul(&w.weight),
                 expl: e,
             });
@@ -506,7 +504,6 @@ fn commission_pieces(
                 e.compressed = l.compressed;
                 pieces.push(Piece {
                     promoter: l.node.id.clone(),
-                    level,
                     exact: amount.clone(),
                     expl: e,
                 });

@@ -4,9 +4,11 @@
 //! parsed once at the boundary (`Order::parse`, `ruleset::compile`) and cannot be invalid
 //! afterwards.
 
+pub mod catalog;
 pub mod engine;
 pub mod exact;
 pub mod fingerprint;
+pub mod grades;
 pub mod money;
 pub mod network;
 pub mod order;

@@ -1,0 +1,8 @@
+//! The gRPC surface: the only place that knows proto types (besides the client tools,
+//! which use the generated clients). Services convert, call [`crate::app::App`], and map
+//! errors to statuses in one place ([`error`]).
+
+pub mod convert;
+pub mod error;
+pub mod pb;
+pub mod services;

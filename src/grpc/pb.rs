@@ -1,0 +1,8 @@
+//! Code generated from `proto/prorata/v1` by build.rs.
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+tonic::include_proto!("prorata.v1");
+
+/// The encoded descriptor set of every prorata proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/prorata_descriptor.bin"));

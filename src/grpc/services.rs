@@ -1,0 +1,221 @@
+//! The tonic services: convert, call [`App`], convert back. No business logic here.
+
+use std::sync::Arc;
+
+use tokio_stream::StreamExt;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use super::pb;
+use super::pb::commission_service_server::CommissionService;
+use super::pb::network_service_server::NetworkService;
+use super::pb::rule_service_server::RuleService;
+use crate::app::{App, AppError};
+use crate::domain::order::FieldError;
+use crate::store::{ImportItem, MAX_IMPORT_ITEMS};
+
+/// Response header that marks a replayed Compute.
+pub const REPLAYED_HEADER: &str = "prorata-replayed";
+
+/// The services' shared state.
+#[derive(Debug, Clone)]
+pub struct Services {
+    app: Arc<App>,
+}
+
+impl Services {
+    /// Services over an app.
+    pub fn new(app: Arc<App>) -> Self {
+        Services { app }
+    }
+}
+
+fn invalid(e: FieldError) -> Status {
+    AppError::Invalid(e).into()
+}
+
+fn require_order(o: &Option<pb::Order>) -> Result<&pb::Order, Status> {
+    o.as_ref()
+        .ok_or_else(|| invalid(FieldError::new("order", "is required")))
+}
+
+#[tonic::async_trait]
+impl CommissionService for Services {
+    async fn compute(
+        &self,
+        req: Request<pb::ComputeRequest>,
+    ) -> Result<Response<pb::ComputeResponse>, Status> {
+        let raw = convert::raw_order(require_order(&req.get_ref().order)?).map_err(invalid)?;
+        let out = self.app.compute(&raw).await?;
+        let mut resp = Response::new(pb::ComputeResponse {
+            split: Some(convert::split(&out.result)),
+        });
+        resp.metadata_mut().insert(
+            REPLAYED_HEADER,
+            MetadataValue::from_static(if out.replayed { "true" } else { "false" }),
+        );
+        Ok(resp)
+    }
+
+    async fn preview(
+        &self,
+        req: Request<pb::PreviewRequest>,
+    ) -> Result<Response<pb::PreviewResponse>, Status> {
+        let r = req.get_ref();
+        let raw = convert::raw_order(require_order(&r.order)?).map_err(invalid)?;
+        let draft = (!r.ruleset_document.is_empty()).then_some(r.ruleset_document.as_str());
+        let (result, warnings) = self.app.preview(&raw, draft).await?;
+        Ok(Response::new(pb::PreviewResponse {
+            split: Some(convert::split(&result)),
+            warnings: convert::issues(&warnings),
+        }))
+    }
+
+    async fn get_split(
+        &self,
+        req: Request<pb::GetSplitRequest>,
+    ) -> Result<Response<pb::GetSplitResponse>, Status> {
+        let result = self.app.get_split(&req.get_ref().order_id).await?;
+        Ok(Response::new(pb::GetSplitResponse {
+            split: Some(convert::split(&result)),
+        }))
+    }
+
+    async fn list_splits(
+        &self,
+        req: Request<pb::ListSplitsRequest>,
+    ) -> Result<Response<pb::ListSplitsResponse>, Status> {
+        let r = req.get_ref();
+        let from = convert::opt_time("from", &r.from).map_err(invalid)?;
+        let to = convert::opt_time("to", &r.to).map_err(invalid)?;
+        let page = self
+            .app
+            .list_splits(&r.account, from, to, r.page_size, &r.page_token)
+            .await?;
+        Ok(Response::new(pb::ListSplitsResponse {
+            splits: page.items.iter().map(convert::summary).collect(),
+            next_page_token: page.next,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl RuleService for Services {
+    async fn validate_rule_set(
+        &self,
+        req: Request<pb::ValidateRuleSetRequest>,
+    ) -> Result<Response<pb::ValidateRuleSetResponse>, Status> {
+        let c = self.app.validate_ruleset(&req.get_ref().document);
+        Ok(Response::new(pb::ValidateRuleSetResponse {
+            valid: c.errors.is_empty(),
+            errors: convert::issues(&c.errors),
+            warnings: convert::issues(&c.warnings),
+        }))
+    }
+
+    async fn publish_rule_set(
+        &self,
+        req: Request<pb::PublishRuleSetRequest>,
+    ) -> Result<Response<pb::PublishRuleSetResponse>, Status> {
+        let (stored, warnings) = self.app.publish_ruleset(&req.get_ref().document).await?;
+        Ok(Response::new(pb::PublishRuleSetResponse {
+            ruleset: Some(convert::ruleset(&stored)),
+            warnings: convert::issues(&warnings),
+        }))
+    }
+
+    async fn get_rule_set(
+        &self,
+        req: Request<pb::GetRuleSetRequest>,
+    ) -> Result<Response<pb::GetRuleSetResponse>, Status> {
+        let r = req.get_ref();
+        let at = convert::opt_time("at", &r.at).map_err(invalid)?;
+        let stored = self.app.get_ruleset(r.version, at, &r.merchant).await?;
+        Ok(Response::new(pb::GetRuleSetResponse {
+            ruleset: Some(convert::ruleset(&stored)),
+        }))
+    }
+
+    async fn list_rule_sets(
+        &self,
+        req: Request<pb::ListRuleSetsRequest>,
+    ) -> Result<Response<pb::ListRuleSetsResponse>, Status> {
+        let r = req.get_ref();
+        let page = self.app.list_rulesets(r.page_size, &r.page_token).await?;
+        Ok(Response::new(pb::ListRuleSetsResponse {
+            rulesets: page.items.iter().map(convert::ruleset).collect(),
+            next_page_token: page.next,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl NetworkService for Services {
+    async fn upsert_promoter(
+        &self,
+        req: Request<pb::UpsertPromoterRequest>,
+    ) -> Result<Response<pb::UpsertPromoterResponse>, Status> {
+        let up = convert::upsert(req.get_ref(), "").map_err(invalid)?;
+        let out = self.app.upsert_promoter(up).await?;
+        Ok(Response::new(pb::UpsertPromoterResponse {
+            promoter: Some(convert::promoter(&out.promoter)),
+            created: out.created,
+        }))
+    }
+
+    async fn bind_customer(
+        &self,
+        req: Request<pb::BindCustomerRequest>,
+    ) -> Result<Response<pb::BindCustomerResponse>, Status> {
+        let r = req.get_ref();
+        self.app.bind_customer(&r.customer, &r.promoter).await?;
+        Ok(Response::new(pb::BindCustomerResponse {}))
+    }
+
+    async fn get_upline(
+        &self,
+        req: Request<pb::GetUplineRequest>,
+    ) -> Result<Response<pb::GetUplineResponse>, Status> {
+        let r = req.get_ref();
+        let (nodes, truncated) = self.app.upline(&r.promoter, r.max_depth).await?;
+        Ok(Response::new(pb::GetUplineResponse {
+            promoters: nodes.iter().map(|n| convert::promoter(n)).collect(),
+            truncated,
+        }))
+    }
+
+    async fn import_network(
+        &self,
+        req: Request<Streaming<pb::ImportNetworkRequest>>,
+    ) -> Result<Response<pb::ImportNetworkResponse>, Status> {
+        let mut stream = req.into_inner();
+        let mut items = Vec::new();
+        while let Some(msg) = stream.next().await {
+            let msg = msg?;
+            let i = items.len();
+            if i >= MAX_IMPORT_ITEMS {
+                return Err(invalid(FieldError::new(
+                    "items",
+                    format!("at most {MAX_IMPORT_ITEMS} items per import"),
+                )));
+            }
+            let item = match msg.item {
+                Some(pb::import_network_request::Item::Promoter(p)) => ImportItem::Promoter(
+                    convert::upsert(&p, &format!("items[{i}].promoter.")).map_err(invalid)?,
+                ),
+                Some(pb::import_network_request::Item::Binding(b)) => ImportItem::Binding {
+                    customer: b.customer,
+                    promoter: b.promoter,
+                },
+                None => return Err(invalid(FieldError::new(format!("items[{i}]"), "is empty"))),
+            };
+            items.push(item);
+        }
+        let s = self.app.import_network(items).await?;
+        Ok(Response::new(pb::ImportNetworkResponse {
+            promoters: s.promoters,
+            bindings: s.bindings,
+        }))
+    }
+}

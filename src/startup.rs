@@ -1,0 +1,212 @@
+//! Building and running the server: store, app, tower stack, services.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::app::App;
+use crate::config::Settings;
+use crate::grpc::pb::commission_service_server::CommissionServiceServer;
+use crate::grpc::pb::network_service_server::NetworkServiceServer;
+use crate::grpc::pb::rule_service_server::RuleServiceServer;
+use crate::grpc::pb::FILE_DESCRIPTOR_SET;
+use crate::grpc::services::Services;
+use crate::store::postgres::PgStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+
+/// Opens the configured store (PostgreSQL when a URL is set, SQLite otherwise) and runs
+/// its migrations.
+pub async fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    if s.database_url.is_empty() {
+        let store = SqliteStore::open(&s.sqlite_path)
+            .await
+            .with_context(|| format!("opening SQLite database {}", s.sqlite_path.display()))?;
+        Ok(Arc::new(store))
+    } else {
+        let store = PgStore::connect(&s.database_url, s.db_max_connections, None)
+            .await
+            .context("connecting to PostgreSQL")?;
+        Ok(Arc::new(store))
+    }
+}
+
+/// Limits of one server.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Per-call timeout.
+    pub request_timeout: Duration,
+    /// Calls in flight across connections.
+    pub max_concurrent_requests: usize,
+    /// Streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Largest message.
+    pub max_message_bytes: usize,
+    /// Drain bound at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl From<&Settings> for ServerLimits {
+    fn from(s: &Settings) -> Self {
+        ServerLimits {
+            request_timeout: Duration::from_millis(s.request_timeout_ms),
+            max_concurrent_requests: s.max_concurrent_requests,
+            max_streams_per_connection: s.max_streams_per_connection,
+            max_message_bytes: s.max_message_bytes,
+            shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+        }
+    }
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            request_timeout: Duration::from_secs(5),
+            max_concurrent_requests: 1024,
+            max_streams_per_connection: 256,
+            max_message_bytes: 4 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A panic in a handler becomes INTERNAL for that call; the process and the connection
+/// live on.
+#[derive(Clone, Copy, Debug)]
+struct PanicToInternal;
+
+impl tower_http::catch_panic::ResponseForPanic for PanicToInternal {
+    type ResponseBody = tonic::body::Body;
+    fn response_for_panic(
+        &mut self,
+        err: Box<dyn std::any::Any + Send + 'static>,
+    ) -> http::Response<Self::ResponseBody> {
+        let what = err
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| err.downcast_ref::<&str>().copied())
+            .unwrap_or("panic");
+        tracing::error!(panic = %what, "handler panicked");
+        tonic::Status::internal("internal error: the call failed and nothing was stored")
+            .into_http()
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then drains in-flight calls for
+/// at most `limits.shutdown_grace`.
+pub async fn run(
+    listener: TcpListener,
+    app: Arc<App>,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let services = Services::new(app.clone());
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<CommissionServiceServer<Services>>()
+        .await;
+    health_reporter
+        .set_serving::<RuleServiceServer<Services>>()
+        .await;
+    health_reporter
+        .set_serving::<NetworkServiceServer<Services>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let max = limits.max_message_bytes;
+    let refresh = app.spawn_catalog_refresh();
+
+    // Order of the stack (outermost first): catch panics around everything, so a panic in
+    // any layer is an INTERNAL status; then the global concurrency limit, so calls beyond
+    // it wait in line before any work; tonic applies the per-call timeout inside, which
+    // also bounds the wait in line.
+    let server = tonic::transport::Server::builder()
+        .timeout(limits.request_timeout)
+        .concurrency_limit_per_connection(limits.max_streams_per_connection as usize)
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .tcp_nodelay(true)
+        .layer(CatchPanicLayer::custom(PanicToInternal))
+        .layer(GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests,
+        ))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(
+            CommissionServiceServer::new(services.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            RuleServiceServer::new(services.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            NetworkServiceServer::new(services)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(serving);
+    let result = tokio::select! {
+        r = &mut serving => r.map_err(anyhow::Error::from),
+        () = shutdown => {
+            tracing::info!("shutting down: draining in-flight calls");
+            health_reporter.set_not_serving::<CommissionServiceServer<Services>>().await;
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(limits.shutdown_grace, &mut serving).await {
+                Ok(r) => r.map_err(anyhow::Error::from),
+                Err(_) => {
+                    tracing::warn!(grace_ms = limits.shutdown_grace.as_millis() as u64, "drain took too long; stopping");
+                    Ok(())
+                }
+            }
+        }
+    };
+    refresh.abort();
+    result
+}
+
+/// Binds the configured address.
+pub async fn bind(addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,342 @@
+//! Storage: one trait, two real backends (SQLite, the embedded default, and PostgreSQL).
+//!
+//! Both implement [`Store`] with runtime queries (no compile-time database), their own
+//! migrations (`migrations/sqlite`, `migrations/postgres`), and pass one shared test suite
+//! (`tests/store_suite.rs`). Results are immutable rows keyed by order id; the volume
+//! counters an order reads are moved in the same transaction that stores its result.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::engine::{Context, EngineError};
+use crate::domain::network::{PromoterNode, Status};
+use crate::domain::ruleset::RuleSet;
+use crate::domain::split::{InvariantViolation, SplitResult};
+
+/// Most items one network import may carry.
+pub const MAX_IMPORT_ITEMS: usize = 2_000_000;
+/// Deepest ancestor walk of the cycle check; deeper than any real network, it bounds a
+/// corrupted one.
+pub const MAX_CYCLE_WALK: i64 = 1_000_000;
+
+/// What can go wrong in a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A referenced row does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change would break a rule of the data (a cycle in the network).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The engine refused the order inside the transaction.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A stored row breaks a money invariant.
+    #[error(transparent)]
+    Invariant(#[from] InvariantViolation),
+    /// The database could not be reached or timed out.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Any other database failure.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A stored row could not be decoded.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A published rule-set version as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRuleSet {
+    /// Version number.
+    pub version: u64,
+    /// When it starts.
+    pub effective_from: Option<DateTime<Utc>>,
+    /// Canary merchants.
+    pub canary: Option<Vec<String>>,
+    /// The document as published.
+    pub document: String,
+    /// SHA-256 of the document.
+    pub sha256: String,
+    /// When it was published.
+    pub published_at: DateTime<Utc>,
+}
+
+/// A new version to publish.
+#[derive(Debug, Clone)]
+pub struct NewRuleSet {
+    /// When it starts.
+    pub effective_from: Option<DateTime<Utc>>,
+    /// Canary merchants.
+    pub canary: Option<Vec<String>>,
+    /// The document.
+    pub document: String,
+    /// SHA-256 of the document.
+    pub sha256: String,
+    /// Publication time.
+    pub published_at: DateTime<Utc>,
+}
+
+/// A promoter change: `None` keeps the stored value; `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct PromoterUpsert {
+    /// Id.
+    pub id: String,
+    /// New parent.
+    pub parent: Option<Option<String>>,
+    /// New grade.
+    pub grade: Option<Option<String>>,
+    /// New status.
+    pub status: Option<Status>,
+}
+
+/// The outcome of an upsert.
+#[derive(Debug, Clone)]
+pub struct UpsertOutcome {
+    /// The promoter as stored now.
+    pub promoter: PromoterNode,
+    /// It did not exist before.
+    pub created: bool,
+    /// Promoters whose stored row changed (the promoter, an upgraded parent).
+    pub changed: Vec<String>,
+}
+
+/// One item of a network import.
+#[derive(Debug, Clone)]
+pub enum ImportItem {
+    /// A promoter upsert.
+    Promoter(PromoterUpsert),
+    /// A customer binding.
+    Binding {
+        /// Customer.
+        customer: String,
+        /// Promoter.
+        promoter: String,
+    },
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Promoters upserted.
+    pub promoters: u64,
+    /// Bindings written.
+    pub bindings: u64,
+}
+
+/// An import item that failed, with its index.
+#[derive(Debug, thiserror::Error)]
+#[error("items[{index}]: {error}")]
+pub struct ImportError {
+    /// Position in the stream.
+    pub index: usize,
+    /// Why.
+    pub error: StoreError,
+}
+
+/// What a Compute needs to lock and move in its transaction.
+#[derive(Debug, Clone)]
+pub struct SplitPlan {
+    /// Order id.
+    pub order_id: String,
+    /// Content fingerprint.
+    pub fingerprint: String,
+    /// Merchant.
+    pub merchant: String,
+    /// Buyer.
+    pub buyer: String,
+    /// Currency code.
+    pub currency: String,
+    /// Calendar month of the counters ("2026-11").
+    pub month: String,
+    /// Primary promoter, whose month volume moves.
+    pub primary_promoter: Option<String>,
+    /// The order's sales (minor units).
+    pub sales: i64,
+    /// Payment time.
+    pub paid_at: DateTime<Utc>,
+    /// The rule set the order is computed under (its grades drive upgrades).
+    pub ruleset: Arc<RuleSet>,
+}
+
+/// A stored split.
+#[derive(Debug, Clone)]
+pub struct StoredSplit {
+    /// Fingerprint of the order content.
+    pub fingerprint: String,
+    /// The result exactly as stored.
+    pub result: SplitResult,
+}
+
+/// The outcome of [`Store::commit_split`].
+#[derive(Debug, Clone)]
+pub enum CommitOutcome {
+    /// This call stored the result; `upgraded` lists promoters whose grade rose.
+    Stored {
+        /// The result.
+        result: SplitResult,
+        /// Promoters upgraded by this order.
+        upgraded: Vec<String>,
+    },
+    /// A result was already stored under the order id (replay or conflict).
+    Existing(StoredSplit),
+}
+
+/// A split as listed for an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSplit {
+    /// Order id.
+    pub order_id: String,
+    /// Payment time.
+    pub paid_at: DateTime<Utc>,
+    /// Currency code.
+    pub currency: String,
+    /// The account's total in the order.
+    pub amount: i64,
+    /// Rule-set version.
+    pub ruleset_version: u64,
+}
+
+/// Position after which a listing continues: (paid_at, order_id) of the last row.
+pub type Cursor = (DateTime<Utc>, String);
+
+/// The engine callback run inside the commit transaction with the state it read.
+pub type ComputeFn<'a> =
+    &'a (dyn Fn(&Context) -> std::result::Result<SplitResult, EngineError> + Send + Sync);
+
+/// The storage interface. Every method is a complete unit of work.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// "sqlite" or "postgres".
+    fn backend(&self) -> &'static str;
+
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// Publishes the next version number.
+    async fn publish_ruleset(&self, new: NewRuleSet) -> Result<StoredRuleSet>;
+    /// A version by number.
+    async fn get_ruleset(&self, version: u64) -> Result<Option<StoredRuleSet>>;
+    /// Versions below `before` (all when `None`), newest first, at most `limit`.
+    async fn list_rulesets(&self, before: Option<u64>, limit: u32) -> Result<Vec<StoredRuleSet>>;
+    /// Every version, oldest first.
+    async fn all_rulesets(&self) -> Result<Vec<StoredRuleSet>>;
+
+    /// A promoter.
+    async fn get_promoter(&self, id: &str) -> Result<Option<PromoterNode>>;
+    /// The promoter a customer is bound to.
+    async fn get_binding(&self, customer: &str) -> Result<Option<String>>;
+    /// Creates or updates a promoter; unknown parent is NotFound, a cycle is
+    /// FailedPrecondition. Grades of `ruleset` are checked for the new parent.
+    async fn upsert_promoter(
+        &self,
+        up: PromoterUpsert,
+        ruleset: Option<Arc<RuleSet>>,
+        now: DateTime<Utc>,
+    ) -> Result<UpsertOutcome>;
+    /// Binds a customer; unknown promoter is NotFound.
+    async fn bind_customer(&self, customer: &str, promoter: &str, now: DateTime<Utc>)
+        -> Result<()>;
+    /// Applies every item in one transaction, or none.
+    async fn import_network(
+        &self,
+        items: Vec<ImportItem>,
+        ruleset: Option<Arc<RuleSet>>,
+        now: DateTime<Utc>,
+    ) -> std::result::Result<ImportSummary, ImportError>;
+
+    /// A stored split.
+    async fn get_split(&self, order_id: &str) -> Result<Option<StoredSplit>>;
+    /// The state a computation reads, without locking or moving anything (Preview).
+    async fn read_context(&self, plan: &SplitPlan) -> Result<Context>;
+    /// In one transaction: if the order id is taken, returns what is stored; otherwise
+    /// moves the volume counters, runs `compute` with the state it read, checks the
+    /// money invariants, stores the result, and applies grade upgrades.
+    async fn commit_split(&self, plan: &SplitPlan, compute: ComputeFn<'_>)
+        -> Result<CommitOutcome>;
+    /// Splits where `account` holds a share with from ≤ paid_at < to, newest first.
+    async fn list_splits(
+        &self,
+        account: &str,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Vec<AccountSplit>>;
+}
+
+/// Decodes a stored result and checks its invariants (after every read).
+pub(crate) fn decode_result(json: &str) -> Result<SplitResult> {
+    let r: SplitResult =
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    r.check()?;
+    Ok(r)
+}
+
+/// Encodes a result for storage after checking its invariants (before every write).
+pub(crate) fn encode_result(r: &SplitResult) -> Result<String> {
+    r.check()?;
+    serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Parses a stored canary column.
+pub(crate) fn decode_canary(s: Option<String>) -> Result<Option<Vec<String>>> {
+    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+/// Encodes a canary column.
+pub(crate) fn encode_canary(c: &Option<Vec<String>>) -> Option<String> {
+    c.as_ref()
+        .map(|c| serde_json::to_string(c).unwrap_or_default())
+}
+
+/// Parses a stored status.
+pub(crate) fn decode_status(s: &str) -> Result<Status> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+/// Applies an upsert to what is stored (or to a new promoter).
+pub(crate) fn merge_upsert(existing: Option<&PromoterNode>, up: &PromoterUpsert) -> PromoterNode {
+    PromoterNode {
+        id: up.id.clone(),
+        parent: match &up.parent {
+            Some(p) => p.clone(),
+            None => existing.and_then(|e| e.parent.clone()),
+        },
+        grade: match &up.grade {
+            Some(g) => g.clone(),
+            None => existing.and_then(|e| e.grade.clone()),
+        },
+        status: up
+            .status
+            .or(existing.map(|e| e.status))
+            .unwrap_or(Status::Active),
+    }
+}
