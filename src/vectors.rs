@@ -286,7 +286,8 @@ fn int(v: Option<&Value>) -> i64 {
     }
 }
 
-fn order(v: &Value) -> pb::Order {
+/// A vector's order (YAML) as the proto order the runner sends.
+pub fn order(v: &Value) -> pb::Order {
     let seq = |k: &str| {
         v.get(k)
             .and_then(Value::as_sequence)

@@ -1,0 +1,382 @@
+//! One test suite for every Store backend (IOx catalog style): the same assertions run
+//! against SQLite and PostgreSQL through the trait.
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use prorata::domain::engine::{self, Context, Inputs};
+use prorata::domain::network::{NetworkSnapshot, Status};
+use prorata::domain::order::{Order, RawAmount, RawLine, RawOrder};
+use prorata::domain::{fingerprint, ruleset};
+use prorata::store::{
+    CommitOutcome, ImportItem, NewRuleSet, PromoterUpsert, SplitPlan, Store, StoreError,
+};
+
+use crate::both_backends;
+use crate::helpers::{Backend, TestApp};
+
+fn raw(id: &str, buyer: &str, minor: i64, day: u32) -> RawOrder {
+    RawOrder {
+        id: id.into(),
+        merchant: "M1".into(),
+        buyer: buyer.into(),
+        paid_at: Some(Utc.with_ymd_and_hms(2026, 11, day, 10, 0, 0).unwrap()),
+        currency: "CNY".into(),
+        lines: vec![RawLine {
+            id: "L1".into(),
+            sku: "A".into(),
+            category: "x".into(),
+            quantity: 1,
+            unit_price: RawAmount::Minor(minor),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+async fn commit(
+    store: &Arc<dyn Store>,
+    o: &Order,
+    promoter: Option<&str>,
+) -> (CommitOutcome, Context) {
+    let rs = Arc::new(
+        ruleset::compile("rules: [{id: all, levels: ['0.10']}]\n")
+            .ruleset
+            .unwrap(),
+    );
+    let mut snap = NetworkSnapshot::default();
+    if let Some(p) = promoter {
+        snap.insert(prorata::domain::network::PromoterNode {
+            id: p.into(),
+            parent: None,
+            grade: None,
+            status: Status::Active,
+        });
+        snap.bound = Some(p.into());
+    }
+    let fp = fingerprint::of(o);
+    let plan = SplitPlan {
+        order_id: o.id.clone(),
+        fingerprint: fp.clone(),
+        merchant: o.merchant.clone(),
+        buyer: o.buyer.clone(),
+        currency: "CNY".into(),
+        month: engine::month_key(o.paid_at, &rs),
+        primary_promoter: promoter.map(Into::into),
+        sales: o.sales(),
+        paid_at: o.paid_at,
+        ruleset: rs.clone(),
+    };
+    let seen = std::sync::Mutex::new(Context::default());
+    let f = |ctx: &Context| {
+        *seen.lock().unwrap() = ctx.clone();
+        engine::compute(
+            o,
+            &rs,
+            &Inputs {
+                network: &snap,
+                context: ctx.clone(),
+                ruleset_version: 1,
+                fingerprint: fp.clone(),
+                now: Utc::now(),
+            },
+        )
+    };
+    let out = store.commit_split(&plan, &f).await.unwrap();
+    let ctx = seen.lock().unwrap().clone();
+    (out, ctx)
+}
+
+async fn store_rulesets_are_numbered_in_order_and_immutable(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let s = &app.store;
+    for i in 0..3u64 {
+        let v = s
+            .publish_ruleset(NewRuleSet {
+                effective_from: (i > 0).then(|| {
+                    Utc.with_ymd_and_hms(2026, 11, 1 + i as u32, 0, 0, 0)
+                        .unwrap()
+                }),
+                canary: (i == 2).then(|| vec!["M7".to_string()]),
+                document: format!("# v{i}\n"),
+                sha256: "x".into(),
+                published_at: Utc::now(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(v.version, i + 1);
+    }
+    let all = s.all_rulesets().await.unwrap();
+    assert_eq!(all.iter().map(|r| r.version).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(all[2].canary, Some(vec!["M7".to_string()]));
+    assert_eq!(all[0].effective_from, None);
+    assert_eq!(
+        s.list_rulesets(Some(3), 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.version)
+            .collect::<Vec<_>>(),
+        [2, 1]
+    );
+    assert_eq!(s.get_ruleset(2).await.unwrap().unwrap().document, "# v1\n");
+    assert!(s.get_ruleset(9).await.unwrap().is_none());
+    assert!(app
+        .execute("UPDATE rulesets SET document = 'x'")
+        .await
+        .is_err());
+    app.shutdown().await;
+}
+both_backends!(store_rulesets_are_numbered_in_order_and_immutable);
+
+async fn store_upserts_merge_fields_and_refuse_cycles(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let s = &app.store;
+    let now = Utc::now();
+    let up = |id: &str, parent: Option<Option<&str>>| PromoterUpsert {
+        id: id.into(),
+        parent: parent.map(|p| p.map(Into::into)),
+        ..Default::default()
+    };
+    assert!(
+        s.upsert_promoter(up("A", None), None, now)
+            .await
+            .unwrap()
+            .created
+    );
+    s.upsert_promoter(up("B", Some(Some("A"))), None, now)
+        .await
+        .unwrap();
+    s.upsert_promoter(up("C", Some(Some("B"))), None, now)
+        .await
+        .unwrap();
+    let graded = PromoterUpsert {
+        id: "C".into(),
+        grade: Some(Some("gold".into())),
+        status: Some(Status::Frozen),
+        ..Default::default()
+    };
+    let out = s.upsert_promoter(graded, None, now).await.unwrap();
+    assert!(!out.created);
+    assert_eq!(
+        out.promoter.parent.as_deref(),
+        Some("B"),
+        "an absent parent is kept"
+    );
+    let c = s.get_promoter("C").await.unwrap().unwrap();
+    assert_eq!(
+        (c.grade.as_deref(), c.status),
+        (Some("gold"), Status::Frozen)
+    );
+    assert!(matches!(
+        s.upsert_promoter(up("A", Some(Some("C"))), None, now).await,
+        Err(StoreError::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        s.upsert_promoter(up("D", Some(Some("Z"))), None, now).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.bind_customer("K", "Z", now).await,
+        Err(StoreError::NotFound(_))
+    ));
+    s.bind_customer("K", "B", now).await.unwrap();
+    s.bind_customer("K", "C", now).await.unwrap();
+    assert_eq!(
+        s.get_binding("K").await.unwrap().as_deref(),
+        Some("C"),
+        "a later binding replaces an earlier one"
+    );
+    // Grades of the rule set in effect: two direct invites make silver.
+    let rs = Arc::new(
+        ruleset::compile("grades: [{id: silver, upgrade: {direct_invites: 2}}]\n")
+            .ruleset
+            .unwrap(),
+    );
+    let out = s
+        .upsert_promoter(up("E", Some(Some("A"))), Some(rs), now)
+        .await
+        .unwrap();
+    assert_eq!(out.changed, ["E", "A"]);
+    assert_eq!(
+        s.get_promoter("A").await.unwrap().unwrap().grade.as_deref(),
+        Some("silver")
+    );
+    // An import is all or nothing.
+    let items = vec![
+        ImportItem::Promoter(up("F", None)),
+        ImportItem::Binding {
+            customer: "K2".into(),
+            promoter: "NOPE".into(),
+        },
+    ];
+    let e = s.import_network(items, None, now).await.unwrap_err();
+    assert_eq!(e.index, 1);
+    assert!(s.get_promoter("F").await.unwrap().is_none());
+    app.shutdown().await;
+}
+both_backends!(store_upserts_merge_fields_and_refuse_cycles);
+
+async fn store_commits_once_and_moves_counters_with_the_result(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let s = &app.store;
+    let o1 = Order::parse(&raw("O-1", "B1", 10_000, 3), "order").unwrap();
+    let (out, ctx) = commit(s, &o1, Some("P")).await;
+    assert!(matches!(out, CommitOutcome::Stored { .. }));
+    assert_eq!(
+        ctx,
+        Context {
+            first_order: true,
+            promoter_month_prior: 0,
+            merchant_month_prior: 0
+        }
+    );
+    let (again, _) = commit(s, &o1, Some("P")).await;
+    let CommitOutcome::Existing(stored) = again else {
+        panic!("a second commit must find the first")
+    };
+    assert_eq!(stored.result.order_id, "O-1");
+    let o2 = Order::parse(&raw("O-2", "B1", 5_000, 4), "order").unwrap();
+    let (_, ctx) = commit(s, &o2, Some("P")).await;
+    assert_eq!(
+        ctx,
+        Context {
+            first_order: false,
+            promoter_month_prior: 10_000,
+            merchant_month_prior: 10_000
+        }
+    );
+    // A new month starts from zero.
+    let mut r3 = raw("O-3", "B2", 700, 1);
+    r3.paid_at = Some(Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap());
+    let o3 = Order::parse(&r3, "order").unwrap();
+    let (_, ctx) = commit(s, &o3, Some("P")).await;
+    assert_eq!(
+        ctx,
+        Context {
+            first_order: true,
+            promoter_month_prior: 0,
+            merchant_month_prior: 0
+        }
+    );
+    // Preview reads without moving.
+    let plan_ctx = s
+        .read_context(&SplitPlan {
+            order_id: "O-9".into(),
+            fingerprint: String::new(),
+            merchant: "M1".into(),
+            buyer: "B1".into(),
+            currency: "CNY".into(),
+            month: "2026-11".into(),
+            primary_promoter: Some("P".into()),
+            sales: 1,
+            paid_at: Utc::now(),
+            ruleset: Arc::new(ruleset::compile("").ruleset.unwrap()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        plan_ctx,
+        Context {
+            first_order: false,
+            promoter_month_prior: 15_000,
+            merchant_month_prior: 15_000
+        }
+    );
+    // Listing by account, newest first, with a cursor.
+    let all = s
+        .list_splits("promoter:P", None, None, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|a| a.order_id.as_str()).collect::<Vec<_>>(),
+        ["O-3", "O-2", "O-1"]
+    );
+    let after = s
+        .list_splits(
+            "promoter:P",
+            None,
+            None,
+            Some((all[0].paid_at, all[0].order_id.clone())),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 2);
+    let nov = s
+        .list_splits(
+            "merchant:M1",
+            Some(Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()),
+            Some(Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap()),
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(nov.len(), 2);
+    assert_eq!(
+        s.get_split("O-2")
+            .await
+            .unwrap()
+            .unwrap()
+            .result
+            .total_of(&"promoter:P".parse().unwrap()),
+        500
+    );
+    app.shutdown().await;
+}
+both_backends!(store_commits_once_and_moves_counters_with_the_result);
+
+async fn store_refuses_a_result_that_breaks_the_money_invariant(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let s = &app.store;
+    let o = Order::parse(&raw("O-BAD", "B1", 10_000, 3), "order").unwrap();
+    let rs = Arc::new(ruleset::compile("").ruleset.unwrap());
+    let plan = SplitPlan {
+        order_id: o.id.clone(),
+        fingerprint: "f".into(),
+        merchant: "M1".into(),
+        buyer: "B1".into(),
+        currency: "CNY".into(),
+        month: "2026-11".into(),
+        primary_promoter: None,
+        sales: o.sales(),
+        paid_at: o.paid_at,
+        ruleset: rs.clone(),
+    };
+    let snap = NetworkSnapshot::default();
+    let broken = |ctx: &Context| {
+        let mut r = engine::compute(
+            &o,
+            &rs,
+            &Inputs {
+                network: &snap,
+                context: ctx.clone(),
+                ruleset_version: 1,
+                fingerprint: "f".into(),
+                now: Utc::now(),
+            },
+        )?;
+        r.lines[0].shares[0].amount += 1; // a cent out of thin air
+        r.totals[0].amount += 1;
+        Ok(r)
+    };
+    let e = s.commit_split(&plan, &broken).await.unwrap_err();
+    assert!(matches!(e, StoreError::Invariant(_)), "{e:?}");
+    assert_eq!(app.count("splits").await, 0);
+    assert_eq!(
+        app.count("volumes").await,
+        0,
+        "the counters moved back with the rollback"
+    );
+    app.shutdown().await;
+}
+both_backends!(store_refuses_a_result_that_breaks_the_money_invariant);
