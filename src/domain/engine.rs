@@ -6,7 +6,7 @@
 //! each share is rounded, and the result is checked against the money invariants before
 //! it is returned.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, Duration, Utc};
 
@@ -545,10 +545,12 @@ fn split_line(
     let base = base_of(rs, line, idx)?;
     // Stage 3: channel fee.
     let fee_rate = rs.fee_rate(order.channel_id());
-    let fee = round(&fee_rate.mul(&d_x), rs.rounding)?.min(d);
+    let fee_exact = fee_rate.mul(&d_x);
+    let fee = round(&fee_exact, rs.rounding)?.min(d);
     // Stage 4: platform take and partners.
     let (p_rate, p_detail) = platform_rate(rs, rule, order, ctx);
-    let mut take = round(&p_rate.mul(&d_x), rs.rounding)?;
+    let take_exact = p_rate.mul(&d_x);
+    let mut take = round(&take_exact, rs.rounding)?;
     let mut take_detail = p_detail;
     if take > d - fee {
         take = d - fee;
@@ -557,10 +559,11 @@ fn split_line(
     let take_x = Exact::int(i128::from(take));
     let mut partner_amounts: Vec<(String, i64, Explanation)> = Vec::new();
     for p in &rs.partners {
-        let amount = round(&p.share.mul(&take_x), rs.rounding)?;
+        let exact = p.share.mul(&take_x);
+        let amount = round(&exact, rs.rounding)?;
         let mut e = Explanation::of(ShareKind::Partner, take);
         e.rate = p.share.to_string();
-        e.exact = p.share.mul(&take_x).to_string();
+        e.exact = exact.to_string();
         partner_amounts.push((p.id.clone(), amount, e));
     }
     let partner_sum: i64 = partner_amounts.iter().map(|p| p.1).sum();
@@ -617,7 +620,7 @@ fn split_line(
     )];
     let mut pe = Explanation::of(ShareKind::PlatformTake, d);
     pe.rate = p_rate.to_string();
-    pe.exact = p_rate.mul(&d_x).to_string();
+    pe.exact = take_exact.to_string();
     pe.detail = take_detail;
     if partner_sum > 0 {
         pe.detail = format!(
@@ -633,7 +636,7 @@ fn split_line(
     }
     let mut fe = Explanation::of(ShareKind::ChannelFee, d);
     fe.rate = fee_rate.to_string();
-    fe.exact = fee_rate.mul(&d_x).to_string();
+    fe.exact = fee_exact.to_string();
     shares.push(share(
         Account::Channel(order.channel_id().to_string()),
         fee,
@@ -668,10 +671,11 @@ fn split_shipping(rs: &RuleSet, order: &Order) -> Result<LineSplit, EngineError>
     let s = order.shipping;
     let s_x = Exact::int(i128::from(s));
     let fee_rate = rs.fee_rate(order.channel_id());
-    let fee = round(&fee_rate.mul(&s_x), rs.rounding)?.min(s);
+    let fee_exact = fee_rate.mul(&s_x);
+    let fee = round(&fee_exact, rs.rounding)?.min(s);
     let mut fe = Explanation::of(ShareKind::ChannelFee, s);
     fe.rate = fee_rate.to_string();
-    fe.exact = fee_rate.mul(&s_x).to_string();
+    fe.exact = fee_exact.to_string();
     let mut me = Explanation::of(ShareKind::MerchantResidual, s);
     me.detail = "shipping carries no platform take and no commission".into();
     let mut shares = vec![share(
@@ -750,7 +754,7 @@ pub fn compute_with(
         lines.push(split_shipping(rs, order)?);
     }
     // Promoters' lowest level in the order fixes their place in the account order.
-    let mut level_of: HashMap<String, u32> = HashMap::new();
+    let mut level_of: Vec<(String, u32)> = Vec::new();
     for l in &lines {
         for s in &l.shares {
             if let Account::Promoter(id) = &s.account {
@@ -760,12 +764,19 @@ pub fn compute_with(
                     .map(|e| e.level)
                     .min()
                     .unwrap_or(u32::MAX);
-                let e = level_of.entry(id.clone()).or_insert(lv);
-                *e = (*e).min(lv);
+                match level_of.iter_mut().find(|x| &x.0 == id) {
+                    Some(x) => x.1 = x.1.min(lv),
+                    None => level_of.push((id.clone(), lv)),
+                }
             }
         }
     }
-    let lvl = |id: &str| level_of.get(id).copied().unwrap_or(u32::MAX);
+    let lvl = |id: &str| {
+        level_of
+            .iter()
+            .find(|x| x.0 == id)
+            .map_or(u32::MAX, |x| x.1)
+    };
     let mut totals: Vec<AccountAmount> = Vec::new();
     for l in &mut lines {
         l.shares

@@ -192,6 +192,34 @@ impl Exact {
     }
 }
 
+/// Display without leaving i128 (explanations render a few dozen rates per split).
+fn fmt_small(r: &Ratio<i128>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let (n, d) = (*r.numer(), *r.denom());
+    if d == 1 {
+        return write!(f, "{n}");
+    }
+    let (mut rest, mut twos, mut fives) = (d, 0u32, 0u32);
+    while rest % 2 == 0 {
+        rest /= 2;
+        twos += 1;
+    }
+    while rest % 5 == 0 {
+        rest /= 5;
+        fives += 1;
+    }
+    let digits = twos.max(fives);
+    if rest == 1 && digits <= 28 {
+        // n/d = n·(10^k/d) / 10^k, and 10^k/d is an integer when d = 2^a·5^b, k = max(a, b).
+        let scale = 10i128.pow(digits) / d;
+        if let Some(m) = n.checked_mul(scale) {
+            if let Ok(dec) = Decimal::try_from_i128_with_scale(m, digits) {
+                return write!(f, "{}", dec.normalize());
+            }
+        }
+    }
+    write!(f, "{n}/{d}")
+}
+
 fn round_small(r: &Ratio<i128>, mode: Rounding) -> Option<i128> {
     let (n, d) = (*r.numer(), *r.denom()); // d > 0 after normalisation
     let (q, rem) = n.div_rem(&d); // truncating division
@@ -272,6 +300,9 @@ impl Ord for Exact {
 impl fmt::Display for Exact {
     /// `n` for integers, `n/d` otherwise; a terminating decimal is shown as a decimal.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Exact::Small(r) = self {
+            return fmt_small(r, f);
+        }
         let r = self.to_big();
         if r.is_integer() {
             return write!(f, "{}", r.numer());

@@ -1,7 +1,6 @@
 //! The result of a split: accounts, shares with explanations, and its invariants.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -306,7 +305,8 @@ impl SplitResult {
     /// Checks that every line's shares sum exactly to what was paid for it, no share is
     /// negative, and the totals are the sum of the lines.
     pub fn check(&self) -> Result<(), InvariantViolation> {
-        let mut totals: HashMap<&Account, i64> = HashMap::new();
+        // Linear scans: an order has a handful of accounts; hashing them cost more.
+        let mut totals: Vec<(&Account, i64)> = Vec::with_capacity(8);
         let mut paid: i64 = 0;
         for l in &self.lines {
             let mut sum: i64 = 0;
@@ -320,7 +320,14 @@ impl SplitResult {
                 sum = sum
                     .checked_add(s.amount)
                     .ok_or_else(|| InvariantViolation("overflow".into()))?;
-                let t = totals.entry(&s.account).or_default();
+                let idx = match totals.iter().position(|t| t.0 == &s.account) {
+                    Some(i) => i,
+                    None => {
+                        totals.push((&s.account, 0));
+                        totals.len() - 1
+                    }
+                };
+                let t = &mut totals[idx].1;
                 *t = t
                     .checked_add(s.amount)
                     .ok_or_else(|| InvariantViolation("overflow".into()))?;
@@ -348,7 +355,7 @@ impl SplitResult {
             )));
         }
         for t in &self.totals {
-            if totals.get(&t.account).copied().unwrap_or(0) != t.amount {
+            if totals.iter().find(|x| x.0 == &t.account).map_or(0, |x| x.1) != t.amount {
                 return Err(InvariantViolation(format!(
                     "total of {} does not match its lines",
                     t.account
