@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "proto/prorata/v1/rules.proto",
     "proto/prorata/v1/network.proto",
     "proto/prorata/v1/settlement.proto",
+    "proto/prorata/v1/events.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

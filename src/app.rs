@@ -14,6 +14,7 @@ use crate::cache::{CacheSettings, Caches};
 use crate::domain::catalog::{self, Published};
 use crate::domain::engine::{self, Attributed, EngineError, Inputs, Level};
 use crate::domain::fingerprint;
+use crate::domain::lifecycle::LifecycleError;
 use crate::domain::network::{NetworkSnapshot, PromoterNode, MAX_UPLINE_WALK};
 use crate::domain::order::{self, FieldError, Order, RawOrder};
 use crate::domain::ruleset::{self, Issue, RuleSet};
@@ -67,6 +68,11 @@ impl From<StoreError> for AppError {
             StoreError::NotFound(m) => AppError::NotFound(m),
             StoreError::FailedPrecondition(m) => AppError::FailedPrecondition(m),
             StoreError::Engine(e) => e.into(),
+            StoreError::AlreadyExists(m) => AppError::AlreadyExists(m),
+            StoreError::Lifecycle(LifecycleError::Invalid(f)) => AppError::Invalid(f),
+            StoreError::Lifecycle(LifecycleError::FailedPrecondition(m)) => {
+                AppError::FailedPrecondition(m)
+            }
             StoreError::Unavailable(m) => AppError::Unavailable(m),
             e @ (StoreError::Invariant(_) | StoreError::Database(_) | StoreError::Corrupt(_)) => {
                 AppError::Internal(e.to_string())
@@ -134,7 +140,7 @@ impl std::fmt::Debug for App {
     }
 }
 
-fn page_size(requested: u32) -> u32 {
+pub(crate) fn page_size(requested: u32) -> u32 {
     match requested {
         0 => DEFAULT_PAGE_SIZE,
         n => n.min(MAX_PAGE_SIZE),

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod settlement;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

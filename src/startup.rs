@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::grpc::pb::commission_service_server::CommissionServiceServer;
 use crate::grpc::pb::network_service_server::NetworkServiceServer;
 use crate::grpc::pb::rule_service_server::RuleServiceServer;
+use crate::grpc::pb::settlement_service_server::SettlementServiceServer;
 use crate::grpc::pb::FILE_DESCRIPTOR_SET;
 use crate::grpc::services::Services;
 use crate::store::postgres::PgStore;
@@ -118,6 +119,9 @@ pub async fn run(
     health_reporter
         .set_serving::<NetworkServiceServer<Services>>()
         .await;
+    health_reporter
+        .set_serving::<SettlementServiceServer<Services>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -151,7 +155,12 @@ pub async fn run(
                 .max_encoding_message_size(max),
         )
         .add_service(
-            NetworkServiceServer::new(services)
+            NetworkServiceServer::new(services.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            SettlementServiceServer::new(services)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         );

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod exact;
 pub mod fingerprint;
 pub mod grades;
+pub mod ledger;
 pub mod lifecycle;
 pub mod money;
 pub mod network;

@@ -293,3 +293,88 @@ pub fn upsert(r: &pb::UpsertPromoterRequest, root: &str) -> Result<PromoterUpser
         status,
     })
 }
+
+/// A reversal or redemption.
+pub fn movement(m: &crate::domain::lifecycle::Movement) -> pb::Movement {
+    let cur = Currency::parse(&m.currency);
+    pb::Movement {
+        id: m.id.clone(),
+        order_id: m.order_id.clone(),
+        currency: m.currency.clone(),
+        currency_exponent: m.exponent,
+        lines: m
+            .lines
+            .iter()
+            .map(|l| pb::LineSplit {
+                line_id: l.line_id.clone(),
+                paid_minor: l.amount,
+                base_minor: 0,
+                shares: l
+                    .shares
+                    .iter()
+                    .map(|s| pb::Share {
+                        account: s.account.to_string(),
+                        amount_minor: s.amount,
+                        amount: fmt(cur, m.exponent, s.amount),
+                        explanations: vec![],
+                    })
+                    .collect(),
+            })
+            .collect(),
+        totals: amounts(&m.totals, &m.currency, m.exponent),
+    }
+}
+
+/// A payout batch.
+pub fn payout(b: &crate::domain::ledger::PayoutBatch) -> pb::PayoutBatch {
+    pb::PayoutBatch {
+        batch_id: b.batch_id.clone(),
+        as_of: Some(timestamp(b.as_of)),
+        minimum_minor: b.minimum,
+        instructions: b
+            .instructions
+            .iter()
+            .map(|i| pb::PayoutInstruction {
+                account: i.account.clone(),
+                currency: i.currency.clone(),
+                amount_minor: i.amount,
+                entries: i.entries,
+            })
+            .collect(),
+        created_at: Some(timestamp(b.created_at)),
+    }
+}
+
+/// An entry.
+pub fn entry(e: &crate::store::EntryRow) -> pb::Entry {
+    pb::Entry {
+        id: e.id,
+        account: e.account.clone(),
+        currency: e.currency.clone(),
+        amount_minor: e.amount,
+        status: e.status.to_string(),
+        available_at: e.available_at.map(timestamp),
+        source_kind: e.source_kind.clone(),
+        source_id: e.source_id.clone(),
+        order_id: e.order_id.clone(),
+        created_at: Some(timestamp(e.created_at)),
+    }
+}
+
+/// A refund request.
+pub fn refund(r: &pb::RefundRequest) -> crate::domain::lifecycle::RawRefund {
+    crate::domain::lifecycle::RawRefund {
+        order_id: r.order_id.clone(),
+        refund_id: r.refund_id.clone(),
+        lines: r
+            .lines
+            .iter()
+            .map(|l| crate::domain::lifecycle::RawRefundLine {
+                line_id: l.line_id.clone(),
+                amount: amount(&l.amount),
+                uses: l.uses,
+            })
+            .collect(),
+        full: r.full,
+    }
+}

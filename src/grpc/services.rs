@@ -219,3 +219,146 @@ impl NetworkService for Services {
         }))
     }
 }
+
+#[tonic::async_trait]
+impl pb::settlement_service_server::SettlementService for Services {
+    async fn refund(
+        &self,
+        req: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
+        let (m, replayed) = self.app.refund(convert::refund(req.get_ref())).await?;
+        let mut resp = Response::new(pb::RefundResponse {
+            reversal: Some(convert::movement(&m)),
+        });
+        resp.metadata_mut().insert(
+            REPLAYED_HEADER,
+            MetadataValue::from_static(if replayed { "true" } else { "false" }),
+        );
+        Ok(resp)
+    }
+
+    async fn redeem(
+        &self,
+        req: Request<pb::RedeemRequest>,
+    ) -> Result<Response<pb::RedeemResponse>, Status> {
+        let r = req.get_ref();
+        let (m, replayed) = self
+            .app
+            .redeem(&r.order_id, &r.line_id, &r.redemption_id, r.uses)
+            .await?;
+        let mut resp = Response::new(pb::RedeemResponse {
+            redemption: Some(convert::movement(&m)),
+        });
+        resp.metadata_mut().insert(
+            REPLAYED_HEADER,
+            MetadataValue::from_static(if replayed { "true" } else { "false" }),
+        );
+        Ok(resp)
+    }
+
+    async fn get_balance(
+        &self,
+        req: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        let r = req.get_ref();
+        let as_of = convert::opt_time("as_of", &r.as_of).map_err(invalid)?;
+        let balances = self.app.balance(&r.account, as_of).await?;
+        Ok(Response::new(pb::GetBalanceResponse {
+            account: r.account.clone(),
+            balances: balances
+                .iter()
+                .map(|b| pb::Balance {
+                    currency: b.currency.clone(),
+                    deferred_minor: b.deferred,
+                    pending_minor: b.pending,
+                    available_minor: b.available,
+                    in_payout_minor: b.in_payout,
+                    paid_minor: b.paid,
+                    debt_minor: b.debt,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_entries(
+        &self,
+        req: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        let r = req.get_ref();
+        let from = convert::opt_time("from", &r.from).map_err(invalid)?;
+        let to = convert::opt_time("to", &r.to).map_err(invalid)?;
+        let page = self
+            .app
+            .list_entries(&r.account, from, to, r.page_size, &r.page_token)
+            .await?;
+        Ok(Response::new(pb::ListEntriesResponse {
+            entries: page.items.iter().map(convert::entry).collect(),
+            next_page_token: page.next,
+        }))
+    }
+
+    async fn create_payout(
+        &self,
+        req: Request<pb::CreatePayoutRequest>,
+    ) -> Result<Response<pb::CreatePayoutResponse>, Status> {
+        let r = req.get_ref();
+        let as_of = convert::opt_time("as_of", &r.as_of).map_err(invalid)?;
+        let (b, replayed) = self
+            .app
+            .create_payout(&r.batch_id, as_of, r.minimum_minor)
+            .await?;
+        Ok(Response::new(pb::CreatePayoutResponse {
+            batch: Some(convert::payout(&b)),
+            replayed,
+        }))
+    }
+
+    async fn confirm_payout(
+        &self,
+        req: Request<pb::ConfirmPayoutRequest>,
+    ) -> Result<Response<pb::ConfirmPayoutResponse>, Status> {
+        use crate::domain::ledger::PayoutOutcome;
+        let r = req.get_ref();
+        let outcome = match pb::PayoutOutcome::try_from(r.outcome) {
+            Ok(pb::PayoutOutcome::Paid) => Some(PayoutOutcome::Paid),
+            Ok(pb::PayoutOutcome::Failed) => Some(PayoutOutcome::Failed),
+            _ => None,
+        };
+        let replayed = self
+            .app
+            .confirm_payout(&r.batch_id, &r.account, outcome)
+            .await?;
+        Ok(Response::new(pb::ConfirmPayoutResponse { replayed }))
+    }
+
+    async fn reconcile(
+        &self,
+        req: Request<pb::ReconcileRequest>,
+    ) -> Result<Response<pb::ReconcileResponse>, Status> {
+        use crate::domain::order::RawAmount;
+        let external: Vec<crate::settlement::ExternalOrder> = req
+            .get_ref()
+            .orders
+            .iter()
+            .map(|o| crate::settlement::ExternalOrder {
+                order_id: o.order_id.clone(),
+                paid: RawAmount::Minor(o.amount_paid_minor),
+                refunded: RawAmount::Minor(o.amount_refunded_minor),
+            })
+            .collect();
+        let report = self.app.reconcile(&external).await?;
+        Ok(Response::new(pb::ReconcileResponse {
+            orders_checked: report.orders_checked,
+            accounts_checked: report.accounts_checked,
+            discrepancies: report
+                .discrepancies
+                .iter()
+                .map(|d| pb::Discrepancy {
+                    kind: d.kind.to_string(),
+                    subject: d.subject.clone(),
+                    detail: d.detail.clone(),
+                })
+                .collect(),
+        }))
+    }
+}

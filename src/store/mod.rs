@@ -14,6 +14,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::engine::{Context, EngineError};
+use crate::domain::ledger::{Balance, PayoutBatch, PayoutOutcome};
+use crate::domain::lifecycle::{LifecycleError, Movement, MovementKind};
 use crate::domain::network::{PromoterNode, Status};
 use crate::domain::ruleset::RuleSet;
 use crate::domain::split::{InvariantViolation, SplitResult};
@@ -33,6 +35,12 @@ pub enum StoreError {
     /// The change would break a rule of the data (a cycle in the network).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// An id is taken by other content.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A refund or redemption is refused in the order's state.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
     /// The engine refused the order inside the transaction.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -230,6 +238,131 @@ pub type Cursor = (DateTime<Utc>, String);
 pub type ComputeFn<'a> =
     &'a (dyn Fn(&Context) -> std::result::Result<SplitResult, EngineError> + Send + Sync);
 
+/// A refund or redemption to record; planned inside the store's transaction against the
+/// order's state as it is then.
+pub trait MovementRequest: Send + Sync {
+    /// Refund or redemption.
+    fn kind(&self) -> MovementKind;
+    /// Refund id or redemption id.
+    fn id(&self) -> &str;
+    /// The order.
+    fn order_id(&self) -> &str;
+    /// Fingerprint of the request content (amounts read in the order's currency).
+    fn fingerprint(&self, order: &SplitResult) -> Result<String, LifecycleError>;
+    /// The movement, given the order and the movements recorded so far.
+    fn plan(
+        &self,
+        order: &SplitResult,
+        movements: &[Movement],
+        fingerprint: String,
+        now: DateTime<Utc>,
+    ) -> Result<Movement, LifecycleError>;
+}
+
+/// The outcome of [`Store::record_movement`].
+#[derive(Debug, Clone)]
+pub enum MovementOutcome {
+    /// Recorded now.
+    Stored(Movement),
+    /// Recorded earlier with the same content: the stored movement.
+    Replayed(Movement),
+}
+
+/// An entry as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRow {
+    /// Entry id (increasing).
+    pub id: i64,
+    /// Account.
+    pub account: String,
+    /// Currency code.
+    pub currency: String,
+    /// Signed minor units.
+    pub amount: i64,
+    /// `deferred`, `pending`, `available`, `in_payout` or `paid` at the time of reading.
+    pub status: &'static str,
+    /// Availability time.
+    pub available_at: Option<DateTime<Utc>>,
+    /// `split`, `refund` or `redemption`.
+    pub source_kind: String,
+    /// Order id, refund id or redemption id.
+    pub source_id: String,
+    /// The order.
+    pub order_id: String,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Derives an entry's status from its payout state and the reading time.
+pub fn entry_status(
+    deferred: bool,
+    payout_state: Option<&str>,
+    available_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> &'static str {
+    match (deferred, payout_state) {
+        (true, _) => "deferred",
+        (false, Some("paid")) => "paid",
+        (false, Some(_)) => "in_payout",
+        (false, None) if available_at.is_some_and(|t| t <= now) => "available",
+        _ => "pending",
+    }
+}
+
+/// An unpublished event of the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Position in the outbox.
+    pub seq: i64,
+    /// Unique event id (the broker's de-duplication id).
+    pub event_id: String,
+    /// `split_computed`, `refund`, `redemption`, `payout_created`, `payout_confirmed`, `grade_changed`.
+    pub kind: String,
+    /// Ordering key (order id, batch id, promoter id).
+    pub key: String,
+    /// JSON body.
+    pub body: String,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The body of a grade_changed event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GradeChange {
+    /// Promoter.
+    pub promoter: String,
+    /// New grade.
+    pub grade: String,
+    /// The order or network change that caused it.
+    pub cause: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// The body of a payout_confirmed event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PayoutConfirmation {
+    /// Batch.
+    pub batch_id: String,
+    /// Account.
+    pub account: String,
+    /// Outcome.
+    pub outcome: PayoutOutcome,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Everything stored about one order (for reconciliation).
+#[derive(Debug, Clone)]
+pub struct OrderState {
+    /// The split.
+    pub split: StoredSplit,
+    /// Reversals and redemptions.
+    pub movements: Vec<Movement>,
+    /// Its entries.
+    pub entries: Vec<EntryRow>,
+}
+
 /// The storage interface. Every method is a complete unit of work.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -289,6 +422,86 @@ pub trait Store: Send + Sync + 'static {
         after: Option<Cursor>,
         limit: u32,
     ) -> Result<Vec<AccountSplit>>;
+
+    /// Records a refund or redemption in one transaction with its entries, the volume
+    /// counters it moves and its event. NotFound when the order is not stored.
+    async fn record_movement(
+        &self,
+        req: &dyn MovementRequest,
+        now: DateTime<Utc>,
+    ) -> Result<MovementOutcome>;
+    /// Balances of an account per currency at `as_of`.
+    async fn balances(&self, account: &str, as_of: DateTime<Utc>) -> Result<Vec<Balance>>;
+    /// Entries of an account created in [from, to), after entry id `after`, oldest first.
+    async fn list_entries(
+        &self,
+        account: &str,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        after: i64,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<EntryRow>>;
+    /// Creates a payout batch of every account's available entries (idempotent by id;
+    /// batches are serialised, so no entry is ever in two live batches). Returns the batch
+    /// and whether it was stored earlier.
+    async fn create_payout(
+        &self,
+        batch: &str,
+        as_of: DateTime<Utc>,
+        minimum: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(PayoutBatch, bool)>;
+    /// Confirms an account's instruction in a batch. Returns true for a replay.
+    async fn confirm_payout(
+        &self,
+        batch: &str,
+        account: &str,
+        outcome: PayoutOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// The oldest unpublished events.
+    async fn outbox_unpublished(&self, limit: u32) -> Result<Vec<OutboxRow>>;
+    /// Marks events published.
+    async fn outbox_mark_published(&self, seqs: &[i64], now: DateTime<Utc>) -> Result<()>;
+    /// Unpublished events.
+    async fn outbox_pending(&self) -> Result<i64>;
+    /// Order ids after `after`, ascending.
+    async fn order_ids(&self, after: &str, limit: u32) -> Result<Vec<String>>;
+    /// Everything stored about an order.
+    async fn order_state(&self, order_id: &str, now: DateTime<Utc>) -> Result<Option<OrderState>>;
+    /// Every account that has entries.
+    async fn accounts(&self) -> Result<Vec<String>>;
+}
+
+/// Fingerprint of a payout request.
+pub fn payout_fingerprint(as_of: DateTime<Utc>, minimum: i64) -> String {
+    crate::domain::fingerprint::sha256_hex(
+        format!("as_of={}\nminimum={minimum}", as_of.timestamp_micros()).as_bytes(),
+    )
+}
+
+/// Decodes a stored movement and checks it.
+pub(crate) fn decode_movement(json: &str) -> Result<Movement> {
+    let m: Movement = serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    m.check()?;
+    Ok(m)
+}
+
+/// The event id and kind of a movement.
+pub(crate) fn movement_event(m: &Movement) -> (String, &'static str) {
+    match m.kind {
+        MovementKind::Refund => (format!("refund:{}", m.id), "refund"),
+        MovementKind::Redemption => (format!("redemption:{}", m.id), "redemption"),
+    }
+}
+
+/// The stored name of a movement kind.
+pub(crate) fn kind_name(k: MovementKind) -> &'static str {
+    match k {
+        MovementKind::Refund => "refund",
+        MovementKind::Redemption => "redemption",
+    }
 }
 
 /// Decodes a stored result and checks its invariants (after every read).

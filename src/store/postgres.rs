@@ -19,6 +19,8 @@ use sqlx::{Postgres, Row, Transaction};
 use super::*;
 use crate::domain::engine::{self, Context};
 use crate::domain::grades::{self, GradeFacts};
+use crate::domain::ledger::{self, Balance, NewEntry, PayoutBatch, PayoutOutcome};
+use crate::domain::lifecycle::Movement;
 use crate::domain::money::Currency;
 use crate::domain::network::PromoterNode;
 use crate::domain::ruleset::RuleSet;
@@ -27,6 +29,8 @@ use crate::domain::ruleset::RuleSet;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Advisory lock key serialising structural network changes ("prorata1" in ASCII).
 const NETWORK_LOCK: i64 = 0x7072_6f72_6174_6131;
+/// Advisory lock key serialising payout batches, so no entry is in two live batches.
+const PAYOUT_LOCK: i64 = 0x7072_6f72_6174_6132;
 
 /// The PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -163,6 +167,7 @@ async fn check_grade(
     rs: &RuleSet,
     id: &str,
     month: &str,
+    cause: &str,
     now: DateTime<Utc>,
 ) -> Result<bool> {
     if rs.grades.is_empty() {
@@ -175,15 +180,149 @@ async fn check_grade(
     match grades::upgrade(rs, node.grade.as_deref(), &facts) {
         Some(g) => {
             sqlx::query("UPDATE promoters SET grade = $1, updated_at = $2 WHERE id = $3")
-                .bind(g)
+                .bind(&g)
                 .bind(now)
                 .bind(id)
                 .execute(&mut **tx)
                 .await?;
+            let change = GradeChange {
+                promoter: id.into(),
+                grade: g.clone(),
+                cause: cause.into(),
+                at: now,
+            };
+            let body =
+                serde_json::to_string(&change).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            outbox_insert(
+                tx,
+                &format!("grade_changed:{id}:{g}"),
+                "grade_changed",
+                id,
+                &body,
+                now,
+            )
+            .await?;
             Ok(true)
         }
         None => Ok(false),
     }
+}
+
+async fn outbox_insert(
+    tx: &mut Transaction<'_, Postgres>,
+    event_id: &str,
+    kind: &str,
+    key: &str,
+    body: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query("INSERT INTO outbox (event_id, kind, key, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING")
+        .bind(event_id)
+        .bind(kind)
+        .bind(key)
+        .bind(body)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_entries(
+    tx: &mut Transaction<'_, Postgres>,
+    entries: &[NewEntry],
+    source_kind: &str,
+    source_id: &str,
+    order_id: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let accounts: Vec<String> = entries.iter().map(|e| e.account.to_string()).collect();
+    let currencies: Vec<String> = entries.iter().map(|e| e.currency.clone()).collect();
+    let amounts: Vec<i64> = entries.iter().map(|e| e.amount).collect();
+    let deferred: Vec<bool> = entries.iter().map(|e| e.deferred).collect();
+    let available: Vec<Option<DateTime<Utc>>> = entries.iter().map(|e| e.available_at).collect();
+    sqlx::query(
+        "INSERT INTO entries (account, currency, amount, deferred, available_at, source_kind, source_id, order_id, created_at)
+         SELECT a, c, m, d, t, $6, $7, $8, $9
+         FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::timestamptz[]) AS x(a, c, m, d, t)",
+    )
+    .bind(&accounts)
+    .bind(&currencies)
+    .bind(&amounts)
+    .bind(&deferred)
+    .bind(&available)
+    .bind(source_kind)
+    .bind(source_id)
+    .bind(order_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Payout state of entries: reserved by or paid in a batch not confirmed as failed.
+const PAYOUT_STATE: &str = "SELECT p.entry_id, CASE WHEN c.outcome = 'paid' THEN 'paid' ELSE 'in_payout' END AS state
+     FROM payout_entries p LEFT JOIN payout_confirmations c ON c.batch_id = p.batch_id AND c.account = p.account
+     WHERE (c.outcome IS NULL OR c.outcome = 'paid')";
+
+fn entry_row(r: &PgRow, now: DateTime<Utc>) -> Result<EntryRow> {
+    let deferred: bool = r.try_get("deferred")?;
+    let available_at: Option<DateTime<Utc>> = r.try_get("available_at")?;
+    let state: Option<String> = r.try_get("state")?;
+    Ok(EntryRow {
+        id: r.try_get("id")?,
+        account: r.try_get("account")?,
+        currency: r.try_get("currency")?,
+        amount: r.try_get("amount")?,
+        status: entry_status(deferred, state.as_deref(), available_at, now),
+        available_at,
+        source_kind: r.try_get("source_kind")?,
+        source_id: r.try_get("source_id")?,
+        order_id: r.try_get("order_id")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+async fn load_movements(
+    tx: &mut Transaction<'_, Postgres>,
+    order_id: &str,
+) -> Result<Vec<Movement>> {
+    let rows =
+        sqlx::query("SELECT body FROM movements WHERE order_id = $1 ORDER BY created_at, kind, id")
+            .bind(order_id)
+            .fetch_all(&mut **tx)
+            .await?;
+    rows.iter()
+        .map(|r| decode_movement(r.try_get("body")?))
+        .collect()
+}
+
+async fn sub_volume(
+    tx: &mut Transaction<'_, Postgres>,
+    kind: &str,
+    subject: &str,
+    r: &SplitResult,
+    delta: i64,
+) -> Result<()> {
+    sqlx::query("UPDATE volumes SET amount = amount - $1 WHERE kind = $2 AND subject = $3 AND currency = $4 AND month = $5")
+        .bind(delta)
+        .bind(kind)
+        .bind(subject)
+        .bind(&r.currency)
+        .bind(&r.month)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn order_lock(tx: &mut Transaction<'_, Postgres>, order_id: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(order_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn upsert_in(
@@ -229,7 +368,16 @@ async fn upsert_in(
     .await?;
     let mut changed = vec![node.id.clone()];
     if let (true, Some(p), Some(rs)) = (parent_changed, &node.parent, rs) {
-        if check_grade(tx, rs, p, &engine::month_key(now, rs), now).await? {
+        if check_grade(
+            tx,
+            rs,
+            p,
+            &engine::month_key(now, rs),
+            &format!("promoter {} joined", node.id),
+            now,
+        )
+        .await?
+        {
             changed.push(p.clone());
         }
     }
@@ -484,10 +632,7 @@ impl Store for PgStore {
         compute: ComputeFn<'_>,
     ) -> Result<CommitOutcome> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(&plan.order_id)
-            .execute(&mut *tx)
-            .await?;
+        order_lock(&mut tx, &plan.order_id).await?;
         let existing = sqlx::query("SELECT fingerprint, result FROM splits WHERE order_id = $1")
             .bind(&plan.order_id)
             .fetch_optional(&mut *tx)
@@ -560,9 +705,36 @@ impl Store for PgStore {
         .bind(result.ruleset_version as i64)
         .execute(&mut *tx)
         .await?;
+        insert_entries(
+            &mut tx,
+            &ledger::split_entries(&result),
+            "split",
+            &result.order_id,
+            &result.order_id,
+            result.computed_at,
+        )
+        .await?;
+        outbox_insert(
+            &mut tx,
+            &format!("split_computed:{}", result.order_id),
+            "split_computed",
+            &result.order_id,
+            &json,
+            result.computed_at,
+        )
+        .await?;
         let mut upgraded = Vec::new();
         if let Some(p) = &plan.primary_promoter {
-            if check_grade(&mut tx, &plan.ruleset, p, &plan.month, result.computed_at).await? {
+            if check_grade(
+                &mut tx,
+                &plan.ruleset,
+                p,
+                &plan.month,
+                &format!("order {}", result.order_id),
+                result.computed_at,
+            )
+            .await?
+            {
                 upgraded.push(p.clone());
             }
         }
@@ -605,5 +777,393 @@ impl Store for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn record_movement(
+        &self,
+        req: &dyn MovementRequest,
+        now: DateTime<Utc>,
+    ) -> Result<MovementOutcome> {
+        let mut tx = self.pool.begin().await?;
+        // The order's lock: refunds and redemptions of one order (and its Compute) queue.
+        order_lock(&mut tx, req.order_id()).await?;
+        let kind = kind_name(req.kind());
+        let split_row = sqlx::query("SELECT result FROM splits WHERE order_id = $1")
+            .bind(req.order_id())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let existing = sqlx::query(
+            "SELECT order_id, fingerprint, body FROM movements WHERE kind = $1 AND id = $2",
+        )
+        .bind(kind)
+        .bind(req.id())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(split_row) = split_row else {
+            return Err(StoreError::NotFound(format!(
+                "no split is stored for order {}",
+                req.order_id()
+            )));
+        };
+        let split = decode_result(split_row.try_get("result")?)?;
+        let fp = req.fingerprint(&split)?;
+        if let Some(e) = existing {
+            let (order, stored_fp): (String, String) =
+                (e.try_get("order_id")?, e.try_get("fingerprint")?);
+            if order == req.order_id() && stored_fp == fp {
+                return Ok(MovementOutcome::Replayed(decode_movement(
+                    e.try_get("body")?,
+                )?));
+            }
+            return Err(StoreError::AlreadyExists(format!(
+                "{kind} {} was already recorded with different content",
+                req.id()
+            )));
+        }
+        let movements = load_movements(&mut tx, req.order_id()).await?;
+        let m = req.plan(&split, &movements, fp, now)?;
+        let body = serde_json::to_string(&m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let inserted = sqlx::query(
+            "INSERT INTO movements (kind, id, order_id, fingerprint, body, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (kind, id) DO NOTHING",
+        )
+        .bind(kind)
+        .bind(&m.id)
+        .bind(&m.order_id)
+        .bind(&m.fingerprint)
+        .bind(&body)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            // The same id was recorded concurrently for another order (the lock is per order).
+            return Err(StoreError::AlreadyExists(format!(
+                "{kind} {} was already recorded",
+                req.id()
+            )));
+        }
+        insert_entries(
+            &mut tx,
+            &ledger::movement_entries(&split, &m),
+            kind,
+            &m.id,
+            &m.order_id,
+            now,
+        )
+        .await?;
+        if m.sales_delta > 0 {
+            sub_volume(&mut tx, "merchant", &split.merchant, &split, m.sales_delta).await?;
+            if let Some(p) = &split.primary_promoter {
+                sub_volume(&mut tx, "promoter", p, &split, m.sales_delta).await?;
+            }
+        }
+        let (event_id, event_kind) = movement_event(&m);
+        outbox_insert(&mut tx, &event_id, event_kind, &m.order_id, &body, now).await?;
+        tx.commit().await?;
+        Ok(MovementOutcome::Stored(m))
+    }
+
+    async fn balances(&self, account: &str, as_of: DateTime<Utc>) -> Result<Vec<Balance>> {
+        let q = format!(
+            "SELECT e.currency AS currency,
+                COALESCE(SUM(CASE WHEN e.deferred THEN e.amount ELSE 0 END), 0)::bigint AS deferred,
+                COALESCE(SUM(CASE WHEN NOT e.deferred AND st.state IS NULL AND e.available_at > $2 THEN e.amount ELSE 0 END), 0)::bigint AS pending,
+                COALESCE(SUM(CASE WHEN NOT e.deferred AND st.state IS NULL AND e.available_at <= $2 THEN e.amount ELSE 0 END), 0)::bigint AS available,
+                COALESCE(SUM(CASE WHEN st.state = 'in_payout' THEN e.amount ELSE 0 END), 0)::bigint AS in_payout,
+                COALESCE(SUM(CASE WHEN st.state = 'paid' THEN e.amount ELSE 0 END), 0)::bigint AS paid
+             FROM entries e LEFT JOIN ({PAYOUT_STATE} AND p.account = $1) st ON st.entry_id = e.id
+             WHERE e.account = $1 GROUP BY e.currency ORDER BY e.currency"
+        );
+        let rows = sqlx::query(&q)
+            .bind(account)
+            .bind(as_of)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Balance::from_sums(
+                    account,
+                    r.try_get("currency")?,
+                    r.try_get("deferred")?,
+                    r.try_get("pending")?,
+                    r.try_get("available")?,
+                    r.try_get("in_payout")?,
+                    r.try_get("paid")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn list_entries(
+        &self,
+        account: &str,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        after: i64,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<EntryRow>> {
+        let q = format!(
+            "SELECT e.*, st.state AS state FROM entries e LEFT JOIN ({PAYOUT_STATE} AND p.account = $1) st ON st.entry_id = e.id
+             WHERE e.account = $1 AND ($2::timestamptz IS NULL OR e.created_at >= $2)
+               AND ($3::timestamptz IS NULL OR e.created_at < $3) AND e.id > $4 ORDER BY e.id LIMIT $5"
+        );
+        let rows = sqlx::query(&q)
+            .bind(account)
+            .bind(from)
+            .bind(to)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| entry_row(r, now)).collect()
+    }
+
+    async fn create_payout(
+        &self,
+        batch: &str,
+        as_of: DateTime<Utc>,
+        minimum: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(PayoutBatch, bool)> {
+        let fp = payout_fingerprint(as_of, minimum);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(PAYOUT_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(r) =
+            sqlx::query("SELECT fingerprint, body FROM payout_batches WHERE batch_id = $1")
+                .bind(batch)
+                .fetch_optional(&mut *tx)
+                .await?
+        {
+            let stored: String = r.try_get("fingerprint")?;
+            if stored != fp {
+                return Err(StoreError::AlreadyExists(format!(
+                    "payout batch {batch} was already created with other parameters"
+                )));
+            }
+            let b: PayoutBatch = serde_json::from_str(r.try_get("body")?)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            return Ok((b, true));
+        }
+        let rows = sqlx::query(
+            "SELECT e.account, e.currency, e.id, e.amount FROM entries e
+             WHERE NOT e.deferred AND e.available_at <= $1
+               AND NOT EXISTS (SELECT 1 FROM payout_entries p LEFT JOIN payout_confirmations c
+                               ON c.batch_id = p.batch_id AND c.account = p.account
+                               WHERE p.entry_id = e.id AND (c.outcome IS NULL OR c.outcome = 'paid'))
+             ORDER BY e.account, e.currency, e.id",
+        )
+        .bind(as_of)
+        .fetch_all(&mut *tx)
+        .await?;
+        let candidates: Vec<(String, String, i64, i64)> = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("account")?,
+                    r.try_get("currency")?,
+                    r.try_get("id")?,
+                    r.try_get("amount")?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let groups = ledger::instructions(&candidates, minimum);
+        let b = PayoutBatch {
+            batch_id: batch.into(),
+            as_of,
+            minimum,
+            instructions: groups.iter().map(|g| g.0.clone()).collect(),
+            created_at: now,
+        };
+        let body = serde_json::to_string(&b).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query("INSERT INTO payout_batches (batch_id, as_of, minimum, fingerprint, body, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(batch)
+            .bind(as_of)
+            .bind(minimum)
+            .bind(&fp)
+            .bind(&body)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let accounts: Vec<String> = groups
+            .iter()
+            .flat_map(|(i, ids)| ids.iter().map(move |_| i.account.clone()))
+            .collect();
+        let ids: Vec<i64> = groups
+            .iter()
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect();
+        sqlx::query("INSERT INTO payout_entries (batch_id, account, entry_id) SELECT $1, a, e FROM UNNEST($2::text[], $3::bigint[]) AS x(a, e)")
+            .bind(batch)
+            .bind(&accounts)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        outbox_insert(
+            &mut tx,
+            &format!("payout_created:{batch}"),
+            "payout_created",
+            batch,
+            &body,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((b, false))
+    }
+
+    async fn confirm_payout(
+        &self,
+        batch: &str,
+        account: &str,
+        outcome: PayoutOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(PAYOUT_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let has: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM payout_entries WHERE batch_id = $1 AND account = $2 LIMIT 1",
+        )
+        .bind(batch)
+        .bind(account)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if has.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "payout batch {batch} has no instruction for {account}"
+            )));
+        }
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT outcome FROM payout_confirmations WHERE batch_id = $1 AND account = $2",
+        )
+        .bind(batch)
+        .bind(account)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(o) = existing {
+            return if o == outcome.as_str() {
+                Ok(true)
+            } else {
+                Err(StoreError::FailedPrecondition(format!(
+                    "{account} in batch {batch} was already confirmed as {o}"
+                )))
+            };
+        }
+        sqlx::query("INSERT INTO payout_confirmations (batch_id, account, outcome, confirmed_at) VALUES ($1, $2, $3, $4)")
+            .bind(batch)
+            .bind(account)
+            .bind(outcome.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let body = serde_json::to_string(&PayoutConfirmation {
+            batch_id: batch.into(),
+            account: account.into(),
+            outcome,
+            at: now,
+        })
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        outbox_insert(
+            &mut tx,
+            &format!("payout_confirmed:{batch}:{account}"),
+            "payout_confirmed",
+            batch,
+            &body,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(false)
+    }
+
+    async fn outbox_unpublished(&self, limit: u32) -> Result<Vec<OutboxRow>> {
+        let rows =
+            sqlx::query("SELECT * FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1")
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxRow {
+                    seq: r.try_get("seq")?,
+                    event_id: r.try_get("event_id")?,
+                    kind: r.try_get("kind")?,
+                    key: r.try_get("key")?,
+                    body: r.try_get("body")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn outbox_mark_published(&self, seqs: &[i64], now: DateTime<Utc>) -> Result<()> {
+        sqlx::query("UPDATE outbox SET published_at = $1 WHERE seq = ANY($2)")
+            .bind(now)
+            .bind(seqs)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn outbox_pending(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn order_ids(&self, after: &str, limit: u32) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT order_id FROM splits WHERE order_id COLLATE \"C\" > $1 ORDER BY order_id COLLATE \"C\" LIMIT $2")
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn order_state(&self, order_id: &str, now: DateTime<Utc>) -> Result<Option<OrderState>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let Some(r) = sqlx::query("SELECT fingerprint, result FROM splits WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let split = StoredSplit {
+            fingerprint: r.try_get("fingerprint")?,
+            result: decode_result(r.try_get("result")?)?,
+        };
+        let movements = load_movements(&mut tx, order_id).await?;
+        let q = format!("SELECT e.*, st.state AS state FROM entries e LEFT JOIN ({PAYOUT_STATE}) st ON st.entry_id = e.id WHERE e.order_id = $1 ORDER BY e.id");
+        let rows = sqlx::query(&q).bind(order_id).fetch_all(&mut *tx).await?;
+        let entries = rows
+            .iter()
+            .map(|r| entry_row(r, now))
+            .collect::<Result<_>>()?;
+        tx.commit().await?;
+        Ok(Some(OrderState {
+            split,
+            movements,
+            entries,
+        }))
+    }
+
+    async fn accounts(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT account FROM entries ORDER BY account")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 }
