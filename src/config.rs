@@ -38,6 +38,14 @@ pub struct Settings {
     pub cache_bindings: u64,
     /// Longest a cache entry lives, ms.
     pub cache_ttl_ms: u64,
+    /// NATS server URL (`nats://127.0.0.1:4222`); empty: no broker, the outbox accumulates.
+    pub nats_url: String,
+    /// Run the outbox relay in this process (when a broker is configured).
+    pub relay_enabled: bool,
+    /// Run the order-event consumer in this process (when a broker is configured).
+    pub consumer_enabled: bool,
+    /// With no broker, the outbox keeps at most this many events (oldest dropped, logged).
+    pub outbox_max_rows: i64,
     /// `text` or `json`.
     pub log_format: String,
     /// `tracing` filter, e.g. `info` or `prorata=debug`.
@@ -61,6 +69,10 @@ impl Settings {
             .set_default("cache_promoters", 2_000_000)?
             .set_default("cache_bindings", 2_000_000)?
             .set_default("cache_ttl_ms", 60_000)?
+            .set_default("nats_url", "")?
+            .set_default("relay_enabled", true)?
+            .set_default("consumer_enabled", true)?
+            .set_default("outbox_max_rows", 1_000_000)?
             .set_default("log_format", "text")?
             .set_default("log_level", "info")?;
         b = match file {

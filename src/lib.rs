@@ -9,6 +9,7 @@ pub mod app;
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod grpc;
 pub mod settlement;
 pub mod startup;

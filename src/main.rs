@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use prorata::config::Settings;
-use prorata::{app::App, domain::ruleset, startup, telemetry, vectors};
+use prorata::{app::App, domain::ruleset, events, startup, telemetry, vectors};
 
 /// Results are built from many small allocations (shares, explanations); mimalloc is
 /// measurably faster at that than the system allocator (benches/RESULTS.md).
@@ -41,6 +41,14 @@ enum Command {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Check every stored split, movement and balance against the money invariants and,
+    /// with --orders, against the order system's figures; exits 1 on any discrepancy.
+    Reconcile {
+        /// CSV of `order_id,amount_paid,amount_refunded` (decimal, the order's currency;
+        /// a header line is allowed).
+        #[arg(long)]
+        orders: Option<PathBuf>,
+    },
     /// Validate a rule-set document (YAML or JSON) and print its errors and warnings.
     Validate {
         /// The document.
@@ -67,9 +75,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             telemetry::init(&settings.log_format, &settings.log_level);
             let store = startup::open_store(&settings).await?;
             let backend = store.backend();
-            let app = App::new(store, &settings.cache()).await?;
+            let app = App::new(store.clone(), &settings.cache()).await?;
             let (listener, addr) = startup::bind(&settings.grpc_addr).await?;
-            tracing::info!(%addr, backend, "prorata serving gRPC");
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let until_stopped = || {
+                let mut rx = stopped.clone();
+                async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                }
+            };
+            let mut tasks = Vec::new();
+            if settings.nats_url.is_empty() {
+                tasks.push(tokio::spawn(events::outbox_janitor(
+                    store,
+                    settings.outbox_max_rows,
+                    until_stopped(),
+                )));
+            } else {
+                let es = events::EventSettings::new(&settings.nats_url);
+                let js = events::connect(&es).await?;
+                if settings.relay_enabled {
+                    tasks.push(tokio::spawn(events::relay::run(
+                        store,
+                        js.clone(),
+                        es.clone(),
+                        until_stopped(),
+                    )));
+                }
+                if settings.consumer_enabled {
+                    let (app, stop) = (app.clone(), until_stopped());
+                    tasks.push(tokio::spawn(async move {
+                        if let Err(e) = events::consumer::run(app, js, es, stop).await {
+                            tracing::error!(error = %e, "order-event consumer stopped");
+                        }
+                    }));
+                }
+            }
+            tracing::info!(%addr, backend, broker = !settings.nats_url.is_empty(), "prorata serving gRPC");
             startup::run(
                 listener,
                 app,
@@ -77,6 +119,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 startup::shutdown_signal(),
             )
             .await?;
+            let _ = stop.send(true);
+            for t in tasks {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
@@ -93,6 +139,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             telemetry::init("text", "warn");
             let s = vectors::run(&paths, database_url.as_deref()).await?;
             Ok(if s.failed == 0 && s.passed > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Reconcile { orders } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            telemetry::init(&settings.log_format, "warn");
+            let external = match orders {
+                Some(path) => read_orders_csv(&path)?,
+                None => Vec::new(),
+            };
+            let store = startup::open_store(&settings).await?;
+            let app = App::new(store, &settings.cache()).await?;
+            let report = app.reconcile(&external).await?;
+            print!("{}", report.render());
+            Ok(if report.discrepancies.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -115,4 +178,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// Reads `order_id,amount_paid,amount_refunded` lines (ids cannot hold commas or quotes).
+fn read_orders_csv(
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<prorata::settlement::ExternalOrder>> {
+    use prorata::domain::order::RawAmount;
+    let text = std::fs::read_to_string(path)?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || (n == 0 && line.starts_with("order_id")) {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        anyhow::ensure!(
+            f.len() == 3,
+            "{}:{}: expected order_id,amount_paid,amount_refunded",
+            path.display(),
+            n + 1
+        );
+        out.push(prorata::settlement::ExternalOrder {
+            order_id: f[0].to_string(),
+            paid: RawAmount::Decimal(f[1].to_string()),
+            refunded: RawAmount::Decimal(f[2].to_string()),
+        });
+    }
+    Ok(out)
 }

@@ -272,7 +272,6 @@ impl App {
             )
             .into());
         }
-        let as_of = as_of.unwrap_or_else(Utc::now);
         Ok(self
             .store()
             .create_payout(batch_id, as_of, minimum, Utc::now())

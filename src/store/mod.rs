@@ -445,10 +445,12 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a payout batch of every account's available entries (idempotent by id;
     /// batches are serialised, so no entry is ever in two live batches). Returns the batch
     /// and whether it was stored earlier.
+    /// `as_of: None` means `now`; the fingerprint is of what the caller sent, so an
+    /// identical retry without `as_of` is a replay.
     async fn create_payout(
         &self,
         batch: &str,
-        as_of: DateTime<Utc>,
+        as_of: Option<DateTime<Utc>>,
         minimum: i64,
         now: DateTime<Utc>,
     ) -> Result<(PayoutBatch, bool)>;
@@ -466,6 +468,9 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_mark_published(&self, seqs: &[i64], now: DateTime<Utc>) -> Result<()>;
     /// Unpublished events.
     async fn outbox_pending(&self) -> Result<i64>;
+    /// Deletes the oldest events beyond the newest `keep` (published or not); returns how
+    /// many were deleted. Used only when no broker is configured, to bound the outbox.
+    async fn outbox_prune(&self, keep: i64) -> Result<u64>;
     /// Order ids after `after`, ascending.
     async fn order_ids(&self, after: &str, limit: u32) -> Result<Vec<String>>;
     /// Everything stored about an order.
@@ -475,10 +480,9 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Fingerprint of a payout request.
-pub fn payout_fingerprint(as_of: DateTime<Utc>, minimum: i64) -> String {
-    crate::domain::fingerprint::sha256_hex(
-        format!("as_of={}\nminimum={minimum}", as_of.timestamp_micros()).as_bytes(),
-    )
+pub fn payout_fingerprint(as_of: Option<DateTime<Utc>>, minimum: i64) -> String {
+    let as_of = as_of.map_or_else(|| "now".to_string(), |t| t.timestamp_micros().to_string());
+    crate::domain::fingerprint::sha256_hex(format!("as_of={as_of}\nminimum={minimum}").as_bytes())
 }
 
 /// Decodes a stored movement and checks it.

@@ -923,11 +923,12 @@ impl Store for PgStore {
     async fn create_payout(
         &self,
         batch: &str,
-        as_of: DateTime<Utc>,
+        as_of: Option<DateTime<Utc>>,
         minimum: i64,
         now: DateTime<Utc>,
     ) -> Result<(PayoutBatch, bool)> {
         let fp = payout_fingerprint(as_of, minimum);
+        let as_of = as_of.unwrap_or(now);
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(PAYOUT_LOCK)
@@ -1165,5 +1166,15 @@ impl Store for PgStore {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+
+    async fn outbox_prune(&self, keep: i64) -> Result<u64> {
+        let r = sqlx::query(
+            "DELETE FROM outbox WHERE seq <= (SELECT seq FROM outbox ORDER BY seq DESC LIMIT 1 OFFSET $1)",
+        )
+        .bind(keep)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
     }
 }

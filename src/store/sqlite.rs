@@ -875,11 +875,12 @@ impl Store for SqliteStore {
     async fn create_payout(
         &self,
         batch: &str,
-        as_of: DateTime<Utc>,
+        as_of: Option<DateTime<Utc>>,
         minimum: i64,
         now: DateTime<Utc>,
     ) -> Result<(PayoutBatch, bool)> {
         let fp = payout_fingerprint(as_of, minimum);
+        let as_of = as_of.unwrap_or(now);
         let mut tx = self.writer.begin().await?;
         if let Some(r) =
             sqlx::query("SELECT fingerprint, body FROM payout_batches WHERE batch_id = ?")
@@ -1110,5 +1111,15 @@ impl Store for SqliteStore {
                 .fetch_all(&self.reader)
                 .await?,
         )
+    }
+
+    async fn outbox_prune(&self, keep: i64) -> Result<u64> {
+        let r = sqlx::query(
+            "DELETE FROM outbox WHERE seq <= (SELECT seq FROM outbox ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+        )
+        .bind(keep)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected())
     }
 }

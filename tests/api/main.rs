@@ -7,5 +7,7 @@ mod helpers;
 mod bad_input;
 mod behaviour;
 mod concurrency;
+mod lifecycle;
+mod events;
 mod store_suite;
 mod vectors;
