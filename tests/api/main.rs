@@ -5,9 +5,9 @@
 mod helpers;
 
 mod bad_input;
+mod cli;
 mod behaviour;
 mod concurrency;
-mod lifecycle;
 mod events;
 mod store_suite;
 mod vectors;
