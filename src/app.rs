@@ -129,7 +129,7 @@ pub struct Page<T> {
 /// The application: store, caches, and the operations of the API.
 pub struct App {
     store: Arc<dyn Store>,
-    cache: Caches,
+    cache: Arc<Caches>,
 }
 
 impl std::fmt::Debug for App {
@@ -151,7 +151,7 @@ impl App {
     /// Builds the application and loads the rule-set catalog.
     pub async fn new(store: Arc<dyn Store>, cache: &CacheSettings) -> AppResult<Arc<App>> {
         let app = Arc::new(App {
-            cache: Caches::new(store.clone(), cache),
+            cache: Caches::new(store.clone(), cache)?,
             store,
         });
         app.cache.reload_catalog().await?;
@@ -171,6 +171,11 @@ impl App {
                 }
             }
         })
+    }
+
+    /// `None` without Redis; otherwise whether Redis answers now.
+    pub fn redis_healthy(&self) -> Option<bool> {
+        self.cache.redis_healthy()
     }
 
     /// The store (for health checks and tools).
@@ -455,6 +460,7 @@ impl App {
             })
             .await?;
         self.cache.reload_catalog().await?;
+        self.cache.catalog_changed().await;
         Ok((stored, c.warnings))
     }
 
@@ -618,7 +624,7 @@ impl App {
             .store
             .import_network(items, self.current_ruleset(), Utc::now())
             .await;
-        self.cache.invalidate_network();
+        self.cache.invalidate_network().await;
         result.map_err(|e| {
             let msg = format!("items[{}]: {}", e.index, e.error);
             match AppError::from(e.error) {

@@ -23,6 +23,11 @@ use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
+/// Health-check service name that reports whether the shared cache (Redis) answers.
+pub const REDIS_HEALTH_NAME: &str = "prorata.v1.Cache";
+/// How often the Redis health status is refreshed.
+const REDIS_HEALTH_PERIOD_MS: u64 = 250;
+
 /// Opens the configured store (PostgreSQL when a URL is set, SQLite otherwise) and runs
 /// its migrations.
 pub async fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
@@ -128,6 +133,29 @@ pub async fn run(
         .build_v1()?;
     let max = limits.max_message_bytes;
     let refresh = app.spawn_catalog_refresh();
+    // Redis down is not the service down: replicas keep serving from moka and the
+    // database. Its state is reported under its own health name, and logged on change.
+    let redis_health = app.redis_healthy().map(|_| {
+        let (app, reporter) = (app.clone(), health_reporter.clone());
+        tokio::spawn(async move {
+            use tonic_health::ServingStatus;
+            let mut tick = tokio::time::interval(Duration::from_millis(REDIS_HEALTH_PERIOD_MS));
+            loop {
+                tick.tick().await;
+                let up = app.redis_healthy().unwrap_or(false);
+                reporter
+                    .set_service_status(
+                        REDIS_HEALTH_NAME,
+                        if up {
+                            ServingStatus::Serving
+                        } else {
+                            ServingStatus::NotServing
+                        },
+                    )
+                    .await;
+            }
+        })
+    });
 
     // Order of the stack (outermost first): catch panics around everything, so a panic in
     // any layer is an INTERNAL status; then the global concurrency limit, so calls beyond
@@ -186,6 +214,9 @@ pub async fn run(
         }
     };
     refresh.abort();
+    if let Some(h) = redis_health {
+        h.abort();
+    }
     result
 }
 

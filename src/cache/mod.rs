@@ -6,10 +6,14 @@
 //! background so versions published by other replicas arrive too. Loading is stampede-safe:
 //! concurrent misses for one key run one store query.
 
+pub mod shared;
+
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use moka::future::Cache;
+
+use shared::{Invalidation, Shared};
 
 use crate::domain::catalog::Published;
 use crate::domain::network::PromoterNode;
@@ -23,8 +27,10 @@ pub struct CacheSettings {
     pub promoters_capacity: u64,
     /// Most customer bindings held.
     pub bindings_capacity: u64,
-    /// Longest an entry lives: bounds staleness when another replica changes the network.
+    /// Longest an entry lives: bounds staleness when an invalidation is lost.
     pub ttl: Duration,
+    /// Redis URL of the shared level; `None`: in-process only.
+    pub redis_url: Option<String>,
 }
 
 impl Default for CacheSettings {
@@ -33,6 +39,7 @@ impl Default for CacheSettings {
             promoters_capacity: 2_000_000,
             bindings_capacity: 2_000_000,
             ttl: Duration::from_secs(60),
+            redis_url: None,
         }
     }
 }
@@ -52,6 +59,7 @@ pub struct Caches {
     promoters: Cache<String, Option<Arc<PromoterNode>>>,
     bindings: Cache<String, Option<String>>,
     catalog: RwLock<Arc<Catalog>>,
+    shared: Option<Arc<Shared>>,
 }
 
 impl std::fmt::Debug for Caches {
@@ -63,9 +71,17 @@ impl std::fmt::Debug for Caches {
 }
 
 impl Caches {
-    /// Empty caches over a store.
-    pub fn new(store: Arc<dyn Store>, s: &CacheSettings) -> Self {
-        Caches {
+    /// Empty caches over a store; with a Redis URL, the shared level and the invalidation
+    /// subscription start in the background.
+    pub fn new(store: Arc<dyn Store>, s: &CacheSettings) -> Result<Arc<Self>, StoreError> {
+        let shared = match &s.redis_url {
+            Some(url) if !url.is_empty() => Some(
+                Shared::new(url, s.ttl)
+                    .map_err(|e| StoreError::Unavailable(format!("redis_url: {e}")))?,
+            ),
+            _ => None,
+        };
+        let caches = Arc::new(Caches {
             store,
             promoters: Cache::builder()
                 .max_capacity(s.promoters_capacity)
@@ -76,43 +92,126 @@ impl Caches {
                 .time_to_live(s.ttl)
                 .build(),
             catalog: RwLock::new(Arc::new(Catalog::default())),
+            shared: shared.clone(),
+        });
+        if let Some(sh) = shared {
+            sh.spawn(Arc::downgrade(&caches));
         }
+        Ok(caches)
     }
 
-    /// A promoter, from cache or store.
+    /// `None` without Redis; otherwise whether Redis answers now.
+    pub fn redis_healthy(&self) -> Option<bool> {
+        self.shared.as_ref().map(|s| s.healthy())
+    }
+
+    /// A promoter, from the local cache, Redis, or the store (in that order).
     pub async fn promoter(&self, id: &str) -> Result<Option<Arc<PromoterNode>>, Arc<StoreError>> {
         let store = self.store.clone();
+        let shared = self.shared.clone();
         let key = id.to_string();
         self.promoters
             .try_get_with(key.clone(), async move {
-                store.get_promoter(&key).await.map(|p| p.map(Arc::new))
+                let rkey = shared::promoter_key(&key);
+                if let Some(sh) = &shared {
+                    if let Some(v) = sh.get(&rkey).await {
+                        if let Ok(node) = serde_json::from_str::<Option<PromoterNode>>(&v) {
+                            return Ok(node.map(Arc::new));
+                        }
+                    }
+                }
+                let node = store.get_promoter(&key).await?;
+                if let Some(sh) = &shared {
+                    if let Ok(v) = serde_json::to_string(&node) {
+                        sh.set(&rkey, &v).await;
+                    }
+                }
+                Ok(node.map(Arc::new))
             })
             .await
     }
 
-    /// The promoter a customer is bound to, from cache or store.
+    /// The promoter a customer is bound to, from the local cache, Redis, or the store.
     pub async fn binding(&self, customer: &str) -> Result<Option<String>, Arc<StoreError>> {
         let store = self.store.clone();
+        let shared = self.shared.clone();
         let key = customer.to_string();
         self.bindings
-            .try_get_with(key.clone(), async move { store.get_binding(&key).await })
+            .try_get_with(key.clone(), async move {
+                let rkey = shared::binding_key(&key);
+                if let Some(sh) = &shared {
+                    if let Some(v) = sh.get(&rkey).await {
+                        if let Ok(b) = serde_json::from_str::<Option<String>>(&v) {
+                            return Ok(b);
+                        }
+                    }
+                }
+                let b = store.get_binding(&key).await?;
+                if let Some(sh) = &shared {
+                    if let Ok(v) = serde_json::to_string(&b) {
+                        sh.set(&rkey, &v).await;
+                    }
+                }
+                Ok(b)
+            })
             .await
     }
 
-    /// Drops a promoter entry after a change.
-    pub async fn invalidate_promoter(&self, id: &str) {
-        self.promoters.invalidate(id).await;
+    /// Applies an invalidation received from another replica (local caches only).
+    pub async fn apply(&self, inv: Invalidation) {
+        match inv {
+            Invalidation::Promoter(id) => self.promoters.invalidate(&id).await,
+            Invalidation::Binding(c) => self.bindings.invalidate(&c).await,
+            Invalidation::Network => {
+                self.promoters.invalidate_all();
+                self.bindings.invalidate_all();
+            }
+            Invalidation::Catalog => {
+                if let Err(e) = self.reload_catalog().await {
+                    tracing::warn!(error = %e, "catalog reload after an invalidation failed");
+                }
+            }
+        }
     }
 
-    /// Drops a binding entry after a change.
-    pub async fn invalidate_binding(&self, customer: &str) {
-        self.bindings.invalidate(customer).await;
-    }
-
-    /// Drops every network entry (after a bulk import).
-    pub fn invalidate_network(&self) {
+    /// Drops every local entry and reloads the catalog (after a missed-message window).
+    pub async fn local_invalidate_all(&self) {
         self.promoters.invalidate_all();
         self.bindings.invalidate_all();
+        if let Err(e) = self.reload_catalog().await {
+            tracing::warn!(error = %e, "catalog reload failed");
+        }
+    }
+
+    async fn broadcast(&self, inv: Invalidation) {
+        if let Some(sh) = &self.shared {
+            sh.invalidate(inv).await;
+        }
+    }
+
+    /// Tells every replica that a rule-set version was published.
+    pub async fn catalog_changed(&self) {
+        self.broadcast(Invalidation::Catalog).await;
+    }
+
+    /// Drops a promoter here, in Redis and on every replica after a change.
+    pub async fn invalidate_promoter(&self, id: &str) {
+        self.promoters.invalidate(id).await;
+        self.broadcast(Invalidation::Promoter(id.into())).await;
+    }
+
+    /// Drops a binding here, in Redis and on every replica after a change.
+    pub async fn invalidate_binding(&self, customer: &str) {
+        self.bindings.invalidate(customer).await;
+        self.broadcast(Invalidation::Binding(customer.into())).await;
+    }
+
+    /// Drops every network entry everywhere (after a bulk import). Redis keys are left to
+    /// expire by TTL; replicas drop their local entries now.
+    pub async fn invalidate_network(&self) {
+        self.promoters.invalidate_all();
+        self.bindings.invalidate_all();
+        self.broadcast(Invalidation::Network).await;
     }
 
     /// The current catalog.

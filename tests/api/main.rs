@@ -5,9 +5,10 @@
 mod helpers;
 
 mod bad_input;
-mod cli;
 mod behaviour;
+mod cli;
 mod concurrency;
 mod events;
+mod replicas;
 mod store_suite;
 mod vectors;
