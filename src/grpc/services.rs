@@ -15,6 +15,9 @@ use crate::app::{App, AppError};
 use crate::domain::order::FieldError;
 use crate::store::{ImportItem, MAX_IMPORT_ITEMS};
 
+/// Orders of one ComputeStream computed at the same time (answers keep request order).
+pub const STREAM_IN_FLIGHT: usize = 32;
+
 /// Response header that marks a replayed Compute.
 pub const REPLAYED_HEADER: &str = "prorata-replayed";
 
@@ -42,6 +45,47 @@ fn require_order(o: &Option<pb::Order>) -> Result<&pb::Order, Status> {
 
 #[tonic::async_trait]
 impl CommissionService for Services {
+    type ComputeStreamStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::ComputeStreamResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn compute_stream(
+        &self,
+        req: Request<Streaming<pb::ComputeRequest>>,
+    ) -> Result<Response<Self::ComputeStreamStream>, Status> {
+        let app = self.app.clone();
+        let answers = futures::StreamExt::map(req.into_inner(), move |msg| {
+            let app = app.clone();
+            async move {
+                let msg = msg?;
+                let order_id = msg.order.as_ref().map(|o| o.id.clone()).unwrap_or_default();
+                let outcome = async {
+                    let raw = convert::raw_order(require_order(&msg.order)?).map_err(invalid)?;
+                    app.compute(&raw).await.map_err(Status::from)
+                }
+                .await;
+                Ok(match outcome {
+                    Ok(c) => pb::ComputeStreamResponse {
+                        order_id,
+                        split: Some(convert::split(&c.result)),
+                        replayed: c.replayed,
+                        code: 0,
+                        message: String::new(),
+                    },
+                    Err(s) => pb::ComputeStreamResponse {
+                        order_id,
+                        split: None,
+                        replayed: false,
+                        code: s.code() as i32,
+                        message: s.message().to_string(),
+                    },
+                })
+            }
+        });
+        let answers = futures::StreamExt::buffered(answers, STREAM_IN_FLIGHT);
+        Ok(Response::new(Box::pin(answers)))
+    }
+
     async fn compute(
         &self,
         req: Request<pb::ComputeRequest>,

@@ -2,6 +2,7 @@
 //! service, health, reflection, immutability at the database.
 
 use prorata::grpc::pb;
+use tokio_stream::StreamExt;
 use tonic::Code;
 
 use crate::both_backends;
@@ -584,3 +585,56 @@ async fn health_and_reflection_answer() {
     }
     app.shutdown().await;
 }
+
+async fn compute_stream_answers_in_order_and_fails_only_the_bad_orders(backend: Backend) {
+    let Some(mut app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    app.publish("platform: {rate: '0.10'}\n").await;
+    let mut reqs: Vec<pb::ComputeRequest> = (0..60)
+        .map(|i| pb::ComputeRequest {
+            order: Some(order(&format!("O-S{i}"), "C1", "10.00")),
+        })
+        .collect();
+    reqs[10].order.as_mut().unwrap().lines[0].quantity = 0; // bad
+    reqs[20] = reqs[5].clone(); // a duplicate: replayed
+    reqs[30].order.as_mut().unwrap().id = "O-S6".into(); // an id taken earlier in the stream, other content
+    reqs[30].order.as_mut().unwrap().lines[0].unit_price = dec("11.00");
+    let answers: Vec<pb::ComputeStreamResponse> = app
+        .commission
+        .compute_stream(tokio_stream::iter(reqs.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(answers.len(), 60);
+    for (i, (a, r)) in answers.iter().zip(&reqs).enumerate() {
+        assert_eq!(
+            a.order_id,
+            r.order.as_ref().unwrap().id,
+            "answer {i} out of order"
+        );
+    }
+    assert_eq!(answers[10].code, Code::InvalidArgument as i32);
+    assert!(
+        answers[10].message.starts_with("order.lines[0].quantity"),
+        "{}",
+        answers[10].message
+    );
+    // 5 and 20 are in flight together: either may be the one that computes.
+    assert!(answers[20].replayed != answers[5].replayed && answers[20].split == answers[5].split);
+    // 6 and 30 share an id with different content: whichever commits first wins.
+    let conflicts = [&answers[6], &answers[30]]
+        .iter()
+        .filter(|a| a.code == Code::AlreadyExists as i32)
+        .count();
+    assert_eq!(conflicts, 1);
+    assert_eq!(answers.iter().filter(|a| a.code == 0).count(), 58);
+    assert_eq!(app.count("splits").await, 57);
+    app.shutdown().await;
+}
+both_backends!(compute_stream_answers_in_order_and_fails_only_the_bad_orders);

@@ -16,7 +16,10 @@ fn prorata(db: &std::path::Path, args: &[&str]) -> (i32, String) {
         .env_remove("PRORATA_CONFIG")
         .output()
         .expect("run prorata");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,8 +28,12 @@ async fn reconcile_reports_nothing_for_a_clean_book_and_each_difference_otherwis
     let db = dir.path().join("book.db");
     {
         let store = std::sync::Arc::new(SqliteStore::open(&db).await.unwrap());
-        let app = App::new(store.clone(), &CacheSettings::default()).await.unwrap();
-        app.publish_ruleset("platform: {rate: '0.05'}\n").await.unwrap();
+        let app = App::new(store.clone(), &CacheSettings::default())
+            .await
+            .unwrap();
+        app.publish_ruleset("platform: {rate: '0.05'}\n")
+            .await
+            .unwrap();
         for (i, price) in ["10.00", "25.50", "7.99"].iter().enumerate() {
             let raw = RawOrder {
                 id: format!("O-{i}"),
@@ -46,22 +53,42 @@ async fn reconcile_reports_nothing_for_a_clean_book_and_each_difference_otherwis
             };
             app.compute(&raw).await.unwrap();
         }
-        let refund = RawRefund { order_id: "O-1".into(), refund_id: "R-1".into(), lines: vec![], full: true };
+        let refund = RawRefund {
+            order_id: "O-1".into(),
+            refund_id: "R-1".into(),
+            lines: vec![],
+            full: true,
+        };
         app.refund(refund).await.unwrap();
         store.close().await;
     }
     let (code, out) = prorata(&db, &["reconcile"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("orders checked:   3") && out.contains("no discrepancies"), "{out}");
+    assert!(
+        out.contains("orders checked:   3") && out.contains("no discrepancies"),
+        "{out}"
+    );
     let csv = dir.path().join("orders.csv");
-    std::fs::write(&csv, "order_id,amount_paid,amount_refunded\nO-0,10.00,0\nO-1,25.50,25.50\nO-2,7.99,0\n").unwrap();
+    std::fs::write(
+        &csv,
+        "order_id,amount_paid,amount_refunded\nO-0,10.00,0\nO-1,25.50,25.50\nO-2,7.99,0\n",
+    )
+    .unwrap();
     let (code, out) = prorata(&db, &["reconcile", "--orders", csv.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     std::fs::write(&csv, "O-0,10.01,0\nO-1,25.50,0\nO-9,1.00,0\n").unwrap();
     let (code, out) = prorata(&db, &["reconcile", "--orders", csv.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("4 discrepancies"), "{out}");
-    for want in ["mismatched", "O-0", "O-1", "missing", "O-9", "unknown", "O-2"] {
+    for want in [
+        "mismatched",
+        "O-0",
+        "O-1",
+        "missing",
+        "O-9",
+        "unknown",
+        "O-2",
+    ] {
         assert!(out.contains(want), "{want} missing from:\n{out}");
     }
 }
@@ -70,9 +97,19 @@ async fn reconcile_reports_nothing_for_a_clean_book_and_each_difference_otherwis
 fn validate_prints_each_problem_with_its_path_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("rules.yaml");
-    std::fs::write(&f, "max_levels: 4\nrules:\n- id: a\n  levels: ['0.1', '2']\n").unwrap();
-    let (code, out) = prorata(&dir.path().join("unused.db"), &["validate", f.to_str().unwrap()]);
+    std::fs::write(
+        &f,
+        "max_levels: 4\nrules:\n- id: a\n  levels: ['0.1', '2']\n",
+    )
+    .unwrap();
+    let (code, out) = prorata(
+        &dir.path().join("unused.db"),
+        &["validate", f.to_str().unwrap()],
+    );
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("error: rules[0].levels[1]: rate 2 is outside [0, 1]"), "{out}");
+    assert!(
+        out.contains("error: rules[0].levels[1]: rate 2 is outside [0, 1]"),
+        "{out}"
+    );
     assert!(out.contains("warning: max_levels"), "{out}");
 }
