@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::cache::{CacheSettings, Caches};
+use crate::commit::{GroupCommitter, GroupSettings};
 use crate::domain::catalog::{self, Published};
 use crate::domain::engine::{self, Attributed, EngineError, Inputs, Level};
 use crate::domain::fingerprint;
@@ -20,8 +21,8 @@ use crate::domain::order::{self, FieldError, Order, RawOrder};
 use crate::domain::ruleset::{self, Issue, RuleSet};
 use crate::domain::split::{Account, SplitResult};
 use crate::store::{
-    AccountSplit, CommitOutcome, Cursor, ImportItem, ImportSummary, NewRuleSet, PromoterUpsert,
-    SplitPlan, Store, StoreError, StoredRuleSet, UpsertOutcome,
+    AccountSplit, CommitOutcome, Cursor, ImportItem, ImportSummary, NewRuleSet, PendingSplit,
+    PromoterUpsert, SplitPlan, Store, StoreError, StoredRuleSet, UpsertOutcome,
 };
 
 /// Most rows one page of a listing returns.
@@ -130,6 +131,7 @@ pub struct Page<T> {
 pub struct App {
     store: Arc<dyn Store>,
     cache: Arc<Caches>,
+    committer: Option<GroupCommitter>,
 }
 
 impl std::fmt::Debug for App {
@@ -148,11 +150,23 @@ pub(crate) fn page_size(requested: u32) -> u32 {
 }
 
 impl App {
-    /// Builds the application and loads the rule-set catalog.
+    /// Builds the application with default group commit and loads the rule-set catalog.
     pub async fn new(store: Arc<dyn Store>, cache: &CacheSettings) -> AppResult<Arc<App>> {
+        let group = GroupSettings::for_backend(store.backend());
+        Self::with_group_commit(store, cache, group).await
+    }
+
+    /// Builds the application; `group.max_batch <= 1` commits every order on its own.
+    pub async fn with_group_commit(
+        store: Arc<dyn Store>,
+        cache: &CacheSettings,
+        group: GroupSettings,
+    ) -> AppResult<Arc<App>> {
+        let committer = (group.max_batch > 1).then(|| GroupCommitter::start(store.clone(), group));
         let app = Arc::new(App {
             cache: Caches::new(store.clone(), cache)?,
             store,
+            committer,
         });
         app.cache.reload_catalog().await?;
         Ok(app)
@@ -300,20 +314,44 @@ impl App {
         let (snap, att, chain) = self.resolve_network(&order, &rs).await?;
         let plan = Self::plan(&order, &fp, &att, &published);
         let now = Utc::now();
-        let compute = |ctx: &engine::Context| {
-            let inputs = Inputs {
-                network: &snap,
-                context: ctx.clone(),
-                ruleset_version: published.version,
-                fingerprint: fp.clone(),
-                now,
-            };
-            engine::compute_with(&order, &rs, &inputs, &att, &chain)
+        let version = published.version;
+        let (order_id, fp_check) = (order.id.clone(), fp.clone());
+        let outcome = match &self.committer {
+            Some(c) => {
+                let compute = move |ctx: &engine::Context| {
+                    let inputs = Inputs {
+                        network: &snap,
+                        context: ctx.clone(),
+                        ruleset_version: version,
+                        fingerprint: fp.clone(),
+                        now,
+                    };
+                    engine::compute_with(&order, &rs, &inputs, &att, &chain)
+                };
+                c.commit(PendingSplit {
+                    plan,
+                    compute: Box::new(compute),
+                })
+                .await?
+            }
+            None => {
+                let compute = |ctx: &engine::Context| {
+                    let inputs = Inputs {
+                        network: &snap,
+                        context: ctx.clone(),
+                        ruleset_version: version,
+                        fingerprint: fp.clone(),
+                        now,
+                    };
+                    engine::compute_with(&order, &rs, &inputs, &att, &chain)
+                };
+                self.store.commit_split(&plan, &compute).await?
+            }
         };
-        match self.store.commit_split(&plan, &compute).await? {
+        match outcome {
             CommitOutcome::Stored { result, upgraded } => {
                 for p in upgraded {
-                    tracing::info!(promoter = %p, order = %order.id, "grade upgraded");
+                    tracing::info!(promoter = %p, order = %order_id, "grade upgraded");
                     self.cache.invalidate_promoter(&p).await;
                 }
                 Ok(Computed {
@@ -322,7 +360,7 @@ impl App {
                 })
             }
             CommitOutcome::Existing(stored) => {
-                Self::replay(&order.id, &fp, &stored.fingerprint, stored.result)
+                Self::replay(&order_id, &fp_check, &stored.fingerprint, stored.result)
             }
         }
     }

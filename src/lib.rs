@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod cache;
+pub mod commit;
 pub mod config;
 pub mod domain;
 pub mod events;

@@ -65,6 +65,12 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Io(_)
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+            // Deadlock or serialisation failure: nothing was stored; the caller may retry.
+            sqlx::Error::Database(ref d)
+                if matches!(d.code().as_deref(), Some("40P01" | "40001")) =>
+            {
+                StoreError::Unavailable(e.to_string())
+            }
             other => StoreError::Database(other.to_string()),
         }
     }
@@ -233,6 +239,24 @@ pub struct AccountSplit {
 
 /// Position after which a listing continues: (paid_at, order_id) of the last row.
 pub type Cursor = (DateTime<Utc>, String);
+
+/// One Compute waiting for a group commit: its plan and the engine call to run with the
+/// state read inside the shared transaction.
+pub struct PendingSplit {
+    /// What to lock and move.
+    pub plan: SplitPlan,
+    /// The engine, with everything it needs but the context.
+    pub compute:
+        Box<dyn Fn(&Context) -> std::result::Result<SplitResult, EngineError> + Send + Sync>,
+}
+
+impl std::fmt::Debug for PendingSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSplit")
+            .field("order_id", &self.plan.order_id)
+            .finish()
+    }
+}
 
 /// The engine callback run inside the commit transaction with the state it read.
 pub type ComputeFn<'a> =
@@ -413,6 +437,9 @@ pub trait Store: Send + Sync + 'static {
     /// money invariants, stores the result, and applies grade upgrades.
     async fn commit_split(&self, plan: &SplitPlan, compute: ComputeFn<'_>)
         -> Result<CommitOutcome>;
+    /// [`Store::commit_split`] for many orders in one transaction (group commit), each in
+    /// its own savepoint. The outer error fails the whole batch (nothing was stored).
+    async fn commit_splits(&self, batch: &[PendingSplit]) -> Result<Vec<Result<CommitOutcome>>>;
     /// Splits where `account` holds a share with from ≤ paid_at < to, newest first.
     async fn list_splits(
         &self,

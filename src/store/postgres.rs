@@ -453,6 +453,121 @@ async fn read_volume(pool: &PgPool, kind: &str, subject: &str, plan: &SplitPlan)
     Ok(v.unwrap_or(0))
 }
 
+/// One Compute inside an open transaction: the body shared by single and group commits.
+async fn commit_one(
+    tx: &mut Transaction<'_, Postgres>,
+    plan: &SplitPlan,
+    compute: ComputeFn<'_>,
+) -> Result<CommitOutcome> {
+    order_lock(tx, &plan.order_id).await?;
+    let existing = sqlx::query("SELECT fingerprint, result FROM splits WHERE order_id = $1")
+        .bind(&plan.order_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if let Some(r) = existing {
+        let stored = StoredSplit {
+            fingerprint: r.try_get("fingerprint")?,
+            result: decode_result(r.try_get("result")?)?,
+        };
+        return Ok(CommitOutcome::Existing(stored));
+    }
+    // Counters in a fixed order (merchant, then promoter) in every transaction, so
+    // row locks are always taken in the same order and cannot deadlock.
+    let merchant_month_prior = add_volume(tx, "merchant", &plan.merchant, plan).await?;
+    let promoter_month_prior = match &plan.primary_promoter {
+        Some(p) => add_volume(tx, "promoter", p, plan).await?,
+        None => 0,
+    };
+    let first_order = sqlx::query(
+        "INSERT INTO buyers (buyer, first_order_id) VALUES ($1, $2) ON CONFLICT (buyer) DO NOTHING",
+    )
+    .bind(&plan.buyer)
+    .bind(&plan.order_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let ctx = Context {
+        first_order,
+        promoter_month_prior,
+        merchant_month_prior,
+    };
+    let result = compute(&ctx)?;
+    let json = encode_result(&result)?;
+    sqlx::query(
+        "INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version, paid,
+                             sales, primary_promoter, month, result, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(&result.order_id)
+    .bind(&plan.fingerprint)
+    .bind(&result.merchant)
+    .bind(&result.buyer)
+    .bind(&result.currency)
+    .bind(result.paid_at)
+    .bind(result.ruleset_version as i64)
+    .bind(result.paid)
+    .bind(result.sales)
+    .bind(&result.primary_promoter)
+    .bind(&result.month)
+    .bind(&json)
+    .bind(result.computed_at)
+    .execute(&mut **tx)
+    .await?;
+    let accounts: Vec<String> = result
+        .totals
+        .iter()
+        .map(|t| t.account.to_string())
+        .collect();
+    let amounts: Vec<i64> = result.totals.iter().map(|t| t.amount).collect();
+    sqlx::query(
+        "INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version)
+         SELECT a, $3, $4, $5, m, $6 FROM UNNEST($1::text[], $2::bigint[]) AS t(a, m)",
+    )
+    .bind(&accounts)
+    .bind(&amounts)
+    .bind(result.paid_at)
+    .bind(&result.order_id)
+    .bind(&result.currency)
+    .bind(result.ruleset_version as i64)
+    .execute(&mut **tx)
+    .await?;
+    insert_entries(
+        tx,
+        &ledger::split_entries(&result),
+        "split",
+        &result.order_id,
+        &result.order_id,
+        result.computed_at,
+    )
+    .await?;
+    outbox_insert(
+        tx,
+        &format!("split_computed:{}", result.order_id),
+        "split_computed",
+        &result.order_id,
+        &json,
+        result.computed_at,
+    )
+    .await?;
+    let mut upgraded = Vec::new();
+    if let Some(p) = &plan.primary_promoter {
+        if check_grade(
+            tx,
+            &plan.ruleset,
+            p,
+            &plan.month,
+            &format!("order {}", result.order_id),
+            result.computed_at,
+        )
+        .await?
+        {
+            upgraded.push(p.clone());
+        }
+    }
+    Ok(CommitOutcome::Stored { result, upgraded })
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
@@ -632,114 +747,40 @@ impl Store for PgStore {
         compute: ComputeFn<'_>,
     ) -> Result<CommitOutcome> {
         let mut tx = self.pool.begin().await?;
-        order_lock(&mut tx, &plan.order_id).await?;
-        let existing = sqlx::query("SELECT fingerprint, result FROM splits WHERE order_id = $1")
-            .bind(&plan.order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(r) = existing {
-            let stored = StoredSplit {
-                fingerprint: r.try_get("fingerprint")?,
-                result: decode_result(r.try_get("result")?)?,
-            };
-            tx.rollback().await?;
-            return Ok(CommitOutcome::Existing(stored));
+        let out = commit_one(&mut tx, plan, compute).await?;
+        match out {
+            CommitOutcome::Stored { .. } => tx.commit().await?,
+            CommitOutcome::Existing(_) => tx.rollback().await?,
         }
-        // Counters in a fixed order (merchant, then promoter) in every transaction, so
-        // row locks are always taken in the same order and cannot deadlock.
-        let merchant_month_prior = add_volume(&mut tx, "merchant", &plan.merchant, plan).await?;
-        let promoter_month_prior = match &plan.primary_promoter {
-            Some(p) => add_volume(&mut tx, "promoter", p, plan).await?,
-            None => 0,
-        };
-        let first_order =
-            sqlx::query("INSERT INTO buyers (buyer, first_order_id) VALUES ($1, $2) ON CONFLICT (buyer) DO NOTHING")
-                .bind(&plan.buyer)
-                .bind(&plan.order_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
-        let ctx = Context {
-            first_order,
-            promoter_month_prior,
-            merchant_month_prior,
-        };
-        let result = compute(&ctx)?;
-        let json = encode_result(&result)?;
-        sqlx::query(
-            "INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version, paid,
-                                 sales, primary_promoter, month, result, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(&result.order_id)
-        .bind(&plan.fingerprint)
-        .bind(&result.merchant)
-        .bind(&result.buyer)
-        .bind(&result.currency)
-        .bind(result.paid_at)
-        .bind(result.ruleset_version as i64)
-        .bind(result.paid)
-        .bind(result.sales)
-        .bind(&result.primary_promoter)
-        .bind(&result.month)
-        .bind(&json)
-        .bind(result.computed_at)
-        .execute(&mut *tx)
-        .await?;
-        let accounts: Vec<String> = result
-            .totals
-            .iter()
-            .map(|t| t.account.to_string())
-            .collect();
-        let amounts: Vec<i64> = result.totals.iter().map(|t| t.amount).collect();
-        sqlx::query(
-            "INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version)
-             SELECT a, $3, $4, $5, m, $6 FROM UNNEST($1::text[], $2::bigint[]) AS t(a, m)",
-        )
-        .bind(&accounts)
-        .bind(&amounts)
-        .bind(result.paid_at)
-        .bind(&result.order_id)
-        .bind(&result.currency)
-        .bind(result.ruleset_version as i64)
-        .execute(&mut *tx)
-        .await?;
-        insert_entries(
-            &mut tx,
-            &ledger::split_entries(&result),
-            "split",
-            &result.order_id,
-            &result.order_id,
-            result.computed_at,
-        )
-        .await?;
-        outbox_insert(
-            &mut tx,
-            &format!("split_computed:{}", result.order_id),
-            "split_computed",
-            &result.order_id,
-            &json,
-            result.computed_at,
-        )
-        .await?;
-        let mut upgraded = Vec::new();
-        if let Some(p) = &plan.primary_promoter {
-            if check_grade(
-                &mut tx,
-                &plan.ruleset,
-                p,
-                &plan.month,
-                &format!("order {}", result.order_id),
-                result.computed_at,
-            )
-            .await?
-            {
-                upgraded.push(p.clone());
+        Ok(out)
+    }
+
+    async fn commit_splits(&self, batch: &[PendingSplit]) -> Result<Vec<Result<CommitOutcome>>> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for p in batch {
+            // Each order in its own savepoint: a refused order rolls back alone.
+            sqlx::query("SAVEPOINT one").execute(&mut *tx).await?;
+            match commit_one(&mut tx, &p.plan, &*p.compute).await {
+                Ok(o) => {
+                    sqlx::query("RELEASE SAVEPOINT one")
+                        .execute(&mut *tx)
+                        .await?;
+                    out.push(Ok(o));
+                }
+                Err(e) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT one")
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("RELEASE SAVEPOINT one")
+                        .execute(&mut *tx)
+                        .await?;
+                    out.push(Err(e));
+                }
             }
         }
         tx.commit().await?;
-        Ok(CommitOutcome::Stored { result, upgraded })
+        Ok(out)
     }
 
     async fn list_splits(

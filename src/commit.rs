@@ -1,0 +1,154 @@
+//! Group commit: concurrent Compute calls share one database transaction.
+//!
+//! Each call hands its plan and engine closure to a queue; a worker takes whatever is
+//! queued (up to `max_batch`, waiting at most `wait` for more), stores the batch in one
+//! transaction — every order in its own savepoint, in the same way and with the same
+//! checks as a single commit — and answers each caller. Idempotency is unchanged (a
+//! duplicate later in the batch sees the first one's row), volume counters still move in
+//! the order results are stored, and commits stay synchronous: a caller hears back only
+//! after the transaction holding its result is durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::store::{CommitOutcome, PendingSplit, Store, StoreError};
+
+/// Group-commit tuning.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupSettings {
+    /// Most orders in one transaction; 1 disables grouping.
+    pub max_batch: usize,
+    /// How long a worker waits for more orders once it has one (0: take what is queued).
+    pub wait: Duration,
+    /// Transactions in flight at once (SQLite has one writer: always 1 there).
+    pub workers: usize,
+    /// Orders waiting for a worker; beyond it callers wait (back-pressure).
+    pub queue: usize,
+}
+
+impl GroupSettings {
+    /// The default for a backend. SQLite: batches of up to 64 on its one writer.
+    /// PostgreSQL: off (every order in its own transaction). A batch takes each order's
+    /// advisory lock after earlier orders of the batch already hold shared counter rows,
+    /// so two concurrent batches can deadlock; single-order transactions cannot (each
+    /// takes its order lock before any shared row). Grouping on PostgreSQL needs a
+    /// prologue that takes every lock of the batch in one global order first.
+    pub fn for_backend(backend: &str) -> GroupSettings {
+        let max_batch = if backend == "sqlite" { 64 } else { 1 };
+        GroupSettings {
+            max_batch,
+            wait: Duration::ZERO,
+            workers: 1,
+            queue: 4096,
+        }
+    }
+}
+
+struct Job {
+    pending: PendingSplit,
+    reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+}
+
+/// The queue and its workers.
+#[derive(Debug, Clone)]
+pub struct GroupCommitter {
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.pending.fmt(f)
+    }
+}
+
+impl GroupCommitter {
+    /// Starts the workers; they stop when the last committer handle is dropped.
+    pub fn start(store: Arc<dyn Store>, s: GroupSettings) -> GroupCommitter {
+        let (tx, rx) = mpsc::channel(s.queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = if store.backend() == "sqlite" {
+            1
+        } else {
+            s.workers.max(1)
+        };
+        for _ in 0..workers {
+            tokio::spawn(worker(store.clone(), rx.clone(), s));
+        }
+        GroupCommitter { tx }
+    }
+
+    /// Stores one order with whatever else is queued; answers once it is durable.
+    pub async fn commit(&self, pending: PendingSplit) -> Result<CommitOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job { pending, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the group committer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the group committer dropped the order".into()))?
+    }
+}
+
+async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>, s: GroupSettings) -> Option<Vec<Job>> {
+    let mut rx = rx.lock().await;
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + s.wait;
+    while batch.len() < s.max_batch {
+        match rx.try_recv() {
+            Ok(j) => batch.push(j),
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if s.wait.is_zero() {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(j)) => batch.push(j),
+                    _ => break,
+                }
+            }
+        }
+    }
+    Some(batch)
+}
+
+async fn worker(store: Arc<dyn Store>, rx: Arc<Mutex<mpsc::Receiver<Job>>>, s: GroupSettings) {
+    while let Some(mut batch) = next_batch(&rx, s).await {
+        // One lock order inside every batch (merchant counter, promoter counter, order),
+        // so two batches rarely wait on each other; a deadlock PostgreSQL still detects
+        // fails only its order, with UNAVAILABLE.
+        batch.sort_by(|a, b| {
+            let (a, b) = (&a.pending.plan, &b.pending.plan);
+            (&a.merchant, &a.primary_promoter, &a.order_id).cmp(&(
+                &b.merchant,
+                &b.primary_promoter,
+                &b.order_id,
+            ))
+        });
+        let (pendings, replies): (Vec<PendingSplit>, Vec<_>) =
+            batch.into_iter().map(|j| (j.pending, j.reply)).unzip();
+        match store.commit_splits(&pendings).await {
+            Ok(results) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                // The transaction failed as a whole: nothing of the batch was stored.
+                let unavailable = matches!(e, StoreError::Unavailable(_));
+                let msg = e.to_string();
+                for reply in replies {
+                    let err = if unavailable {
+                        StoreError::Unavailable(msg.clone())
+                    } else {
+                        StoreError::Database(msg.clone())
+                    };
+                    let _ = reply.send(Err(err));
+                }
+            }
+        }
+    }
+}
