@@ -240,14 +240,16 @@ pub struct AccountSplit {
 /// Position after which a listing continues: (paid_at, order_id) of the last row.
 pub type Cursor = (DateTime<Utc>, String);
 
+/// An engine call that owns what it needs (for group commit, across tasks).
+pub type OwnedComputeFn = Box<dyn Fn(&Context) -> std::result::Result<SplitResult, EngineError> + Send + Sync>;
+
 /// One Compute waiting for a group commit: its plan and the engine call to run with the
 /// state read inside the shared transaction.
 pub struct PendingSplit {
     /// What to lock and move.
     pub plan: SplitPlan,
     /// The engine, with everything it needs but the context.
-    pub compute:
-        Box<dyn Fn(&Context) -> std::result::Result<SplitResult, EngineError> + Send + Sync>,
+    pub compute: OwnedComputeFn,
 }
 
 impl std::fmt::Debug for PendingSplit {
