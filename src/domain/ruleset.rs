@@ -727,6 +727,16 @@ impl Validator {
         }
     }
 
+    /// An id at `{path}.id` that must be well formed and unique among `seen`.
+    fn unique_id(&mut self, seen: &mut HashSet<String>, path: &str, id: &str, what: &str) {
+        if let Err(e) = super::order::check_id(&format!("{path}.id"), id) {
+            self.error(e.path, e.message);
+        }
+        if !seen.insert(id.to_string()) {
+            self.error(format!("{path}.id"), format!("duplicate {what} id {id:?}"));
+        }
+    }
+
     /// A rate in [0, 1].
     fn rate(&mut self, path: &str, d: &Dec) -> Exact {
         if d.0 < Decimal::ZERO || d.0 > Decimal::ONE {
@@ -953,15 +963,7 @@ impl Validator {
             .enumerate()
             .map(|(j, p)| {
                 let path = format!("platform.partners[{j}]");
-                if let Err(e) = super::order::check_id(&format!("{path}.id"), &p.id) {
-                    self.error(e.path, e.message);
-                }
-                if !partner_ids.insert(p.id.clone()) {
-                    self.error(
-                        format!("{path}.id"),
-                        format!("duplicate partner id {:?}", p.id),
-                    );
-                }
+                self.unique_id(&mut partner_ids, &path, &p.id, "partner");
                 let share = self.rate(&format!("{path}.share"), &p.share);
                 partner_total = partner_total.add(&share);
                 Partner {
@@ -1123,15 +1125,7 @@ impl Validator {
                 .enumerate()
                 .map(|(k, g)| {
                     let path = format!("grades[{k}]");
-                    if let Err(e) = super::order::check_id(&format!("{path}.id"), &g.id) {
-                        self.error(e.path, e.message);
-                    }
-                    if !grade_ids.insert(g.id.clone()) {
-                        self.error(
-                            format!("{path}.id"),
-                            format!("duplicate grade id {:?}", g.id),
-                        );
-                    }
+                    self.unique_id(&mut grade_ids, &path, &g.id, "grade");
                     let month_sales =
                         g.upgrade.month_sales.as_ref().map(|d| {
                             self.amount(&format!("{path}.upgrade.month_sales"), d, currency)
