@@ -24,6 +24,8 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// A call that runs longer is cancelled (DEADLINE_EXCEEDED for the caller).
     pub request_timeout_ms: u64,
+    /// Timeout of bulk and streaming calls (ComputeStream, ImportNetwork, Reconcile).
+    pub long_request_timeout_ms: u64,
     /// Calls in flight across all connections; more wait in line.
     pub max_concurrent_requests: usize,
     /// Concurrent streams per HTTP/2 connection.
@@ -64,6 +66,7 @@ impl Settings {
             .set_default("sqlite_path", "prorata.db")?
             .set_default("db_max_connections", 16)?
             .set_default("request_timeout_ms", 5_000)?
+            .set_default("long_request_timeout_ms", 3_600_000)?
             .set_default("max_concurrent_requests", 1_024)?
             .set_default("max_streams_per_connection", 256)?
             .set_default("shutdown_grace_ms", 10_000)?

@@ -49,6 +49,8 @@ pub async fn open_store(s: &Settings) -> anyhow::Result<Arc<dyn Store>> {
 pub struct ServerLimits {
     /// Per-call timeout.
     pub request_timeout: Duration,
+    /// Timeout of the bulk and streaming calls ([`LONG_CALLS`]).
+    pub long_request_timeout: Duration,
     /// Calls in flight across connections.
     pub max_concurrent_requests: usize,
     /// Streams per connection.
@@ -63,6 +65,7 @@ impl From<&Settings> for ServerLimits {
     fn from(s: &Settings) -> Self {
         ServerLimits {
             request_timeout: Duration::from_millis(s.request_timeout_ms),
+            long_request_timeout: Duration::from_millis(s.long_request_timeout_ms),
             max_concurrent_requests: s.max_concurrent_requests,
             max_streams_per_connection: s.max_streams_per_connection,
             max_message_bytes: s.max_message_bytes,
@@ -75,6 +78,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             request_timeout: Duration::from_secs(5),
+            long_request_timeout: Duration::from_secs(3600),
             max_concurrent_requests: 1024,
             max_streams_per_connection: 256,
             max_message_bytes: 4 * 1024 * 1024,
@@ -158,15 +162,18 @@ pub async fn run(
     });
 
     // Order of the stack (outermost first): catch panics around everything, so a panic in
-    // any layer is an INTERNAL status; then the global concurrency limit, so calls beyond
-    // it wait in line before any work; tonic applies the per-call timeout inside, which
-    // also bounds the wait in line.
+    // any layer is an INTERNAL status; then the per-call timeout, which also bounds the
+    // wait in line; then the global concurrency limit, so calls beyond it wait before any
+    // work. A client's own grpc-timeout still applies inside (tonic).
     let server = tonic::transport::Server::builder()
-        .timeout(limits.request_timeout)
         .concurrency_limit_per_connection(limits.max_streams_per_connection as usize)
         .max_concurrent_streams(limits.max_streams_per_connection)
         .tcp_nodelay(true)
         .layer(CatchPanicLayer::custom(PanicToInternal))
+        .layer(CallTimeoutLayer {
+            default: limits.request_timeout,
+            long: limits.long_request_timeout,
+        })
         .layer(GlobalConcurrencyLimitLayer::new(
             limits.max_concurrent_requests,
         ))
@@ -202,7 +209,12 @@ pub async fn run(
         r = &mut serving => r.map_err(anyhow::Error::from),
         () = shutdown => {
             tracing::info!("shutting down: draining in-flight calls");
+            // Probes read the overall status: say NOT_SERVING for it and every service.
+            health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             health_reporter.set_not_serving::<CommissionServiceServer<Services>>().await;
+            health_reporter.set_not_serving::<RuleServiceServer<Services>>().await;
+            health_reporter.set_not_serving::<NetworkServiceServer<Services>>().await;
+            health_reporter.set_not_serving::<SettlementServiceServer<Services>>().await;
             let _ = stop_tx.send(());
             match tokio::time::timeout(limits.shutdown_grace, &mut serving).await {
                 Ok(r) => r.map_err(anyhow::Error::from),
@@ -248,5 +260,78 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+/// Calls that legitimately run long: bulk and streaming RPCs, reconciliation.
+pub const LONG_CALLS: &[&str] = &[
+    "/prorata.v1.CommissionService/ComputeStream",
+    "/prorata.v1.NetworkService/ImportNetwork",
+    "/prorata.v1.SettlementService/Reconcile",
+];
+
+/// Bounds every call: [`LONG_CALLS`] by the long timeout, the rest by the default.
+/// An expired call answers DEADLINE_EXCEEDED; whatever it was doing is dropped, and
+/// every write is transactional, so nothing partial is stored.
+#[derive(Debug, Clone, Copy)]
+pub struct CallTimeoutLayer {
+    /// Ordinary calls.
+    pub default: Duration,
+    /// [`LONG_CALLS`].
+    pub long: Duration,
+}
+
+impl<S> tower::Layer<S> for CallTimeoutLayer {
+    type Service = CallTimeout<S>;
+    fn layer(&self, inner: S) -> CallTimeout<S> {
+        CallTimeout {
+            inner,
+            limits: *self,
+        }
+    }
+}
+
+/// The service of [`CallTimeoutLayer`].
+#[derive(Debug, Clone)]
+pub struct CallTimeout<S> {
+    inner: S,
+    limits: CallTimeoutLayer,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for CallTimeout<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let limit = if LONG_CALLS.contains(&req.uri().path()) {
+            self.limits.long
+        } else {
+            self.limits.default
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r,
+                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                    "the call took longer than {} ms",
+                    limit.as_millis()
+                ))
+                .into_http()),
+            }
+        })
     }
 }

@@ -241,7 +241,8 @@ pub struct AccountSplit {
 pub type Cursor = (DateTime<Utc>, String);
 
 /// An engine call that owns what it needs (for group commit, across tasks).
-pub type OwnedComputeFn = Box<dyn Fn(&Context) -> std::result::Result<SplitResult, EngineError> + Send + Sync>;
+pub type OwnedComputeFn =
+    Box<dyn Fn(&Context) -> std::result::Result<SplitResult, EngineError> + Send + Sync>;
 
 /// One Compute waiting for a group commit: its plan and the engine call to run with the
 /// state read inside the shared transaction.

@@ -262,6 +262,11 @@ async fn insert_entries(
     Ok(())
 }
 
+/// Payout state of the entry `e` (one indexed lookup per entry).
+const PAYOUT_STATE_OF_ENTRY: &str = "SELECT CASE WHEN c.outcome = 'paid' THEN 'paid' ELSE 'in_payout' END
+     FROM payout_entries p LEFT JOIN payout_confirmations c ON c.batch_id = p.batch_id AND c.account = p.account
+     WHERE p.entry_id = e.id AND (c.outcome IS NULL OR c.outcome = 'paid') LIMIT 1";
+
 /// Payout state of entries: reserved by or paid in a batch not confirmed as failed.
 const PAYOUT_STATE: &str = "SELECT p.entry_id, CASE WHEN c.outcome = 'paid' THEN 'paid' ELSE 'in_payout' END AS state
      FROM payout_entries p LEFT JOIN payout_confirmations c ON c.batch_id = p.batch_id AND c.account = p.account
@@ -1187,7 +1192,7 @@ impl Store for PgStore {
             result: decode_result(r.try_get("result")?)?,
         };
         let movements = load_movements(&mut tx, order_id).await?;
-        let q = format!("SELECT e.*, st.state AS state FROM entries e LEFT JOIN ({PAYOUT_STATE}) st ON st.entry_id = e.id WHERE e.order_id = $1 ORDER BY e.id");
+        let q = format!("SELECT e.*, ({PAYOUT_STATE_OF_ENTRY}) AS state FROM entries e WHERE e.order_id = $1 ORDER BY e.id");
         let rows = sqlx::query(&q).bind(order_id).fetch_all(&mut *tx).await?;
         let entries = rows
             .iter()

@@ -9,6 +9,7 @@ mod behaviour;
 mod cli;
 mod concurrency;
 mod events;
+mod lifecycle;
 mod replicas;
 mod store_suite;
 mod vectors;
