@@ -304,6 +304,19 @@ impl App {
 
     /// Computes and stores the split of a paid order, idempotently.
     pub async fn compute(&self, raw: &RawOrder) -> AppResult<Computed> {
+        let start = std::time::Instant::now();
+        let out = self.compute_inner(raw).await;
+        let outcome = match &out {
+            Ok(c) if c.replayed => "replayed",
+            Ok(_) => "stored",
+            Err(_) => "error",
+        };
+        metrics::counter!("prorata_compute_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("prorata_compute_seconds").record(start.elapsed().as_secs_f64());
+        out
+    }
+
+    async fn compute_inner(&self, raw: &RawOrder) -> AppResult<Computed> {
         let order = Order::parse(raw, "order")?;
         let fp = fingerprint::of(&order);
         if let Some(stored) = self.store.get_split(&order.id).await? {

@@ -50,6 +50,8 @@ pub struct Settings {
     pub consumer_enabled: bool,
     /// With no broker, the outbox keeps at most this many events (oldest dropped, logged).
     pub outbox_max_rows: i64,
+    /// Address of the Prometheus metrics endpoint (`127.0.0.1:9464`); empty: off.
+    pub metrics_addr: String,
     /// `text` or `json`.
     pub log_format: String,
     /// `tracing` filter, e.g. `info` or `prorata=debug`.
@@ -79,6 +81,7 @@ impl Settings {
             .set_default("relay_enabled", true)?
             .set_default("consumer_enabled", true)?
             .set_default("outbox_max_rows", 1_000_000)?
+            .set_default("metrics_addr", "")?
             .set_default("log_format", "text")?
             .set_default("log_level", "info")?;
         b = match file {

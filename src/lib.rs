@@ -12,6 +12,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod loadgen;
 pub mod settlement;
 pub mod startup;
 pub mod store;

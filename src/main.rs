@@ -54,6 +54,8 @@ enum Command {
         /// The document.
         file: PathBuf,
     },
+    /// Load-generate against a running server and report throughput and latency.
+    Bench(prorata::loadgen::BenchArgs),
 }
 
 #[tokio::main]
@@ -73,6 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => {
             let settings = Settings::load(cli.config.as_deref())?;
             telemetry::init(&settings.log_format, &settings.log_level);
+            telemetry::init_metrics(&settings.metrics_addr)?;
             let store = startup::open_store(&settings).await?;
             let backend = store.backend();
             let app = App::new(store.clone(), &settings.cache()).await?;
@@ -156,6 +159,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = app.reconcile(&external).await?;
             print!("{}", report.render());
             Ok(if report.discrepancies.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Bench(args) => {
+            telemetry::init("text", "warn");
+            let s = prorata::loadgen::run(args).await?;
+            Ok(if s.ok > 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -147,6 +147,7 @@ pub async fn run(
             loop {
                 tick.tick().await;
                 let up = app.redis_healthy().unwrap_or(false);
+                metrics::gauge!("prorata_redis_up").set(if up { 1.0 } else { 0.0 });
                 reporter
                     .set_service_status(
                         REDIS_HEALTH_NAME,
@@ -201,7 +202,15 @@ pub async fn run(
         );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+    // tonic's tcp_nodelay does not reach connections accepted from our own listener: set it
+    // on each one, or every response's trailer waits ~40 ms for a delayed ACK (Nagle).
+    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    });
+    let serving = server.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     });
     tokio::pin!(serving);

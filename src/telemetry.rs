@@ -1,4 +1,13 @@
-//! Logging set-up, callable once per process.
+//! Logging and metrics set-up, callable once per process.
+//!
+//! Metric names (Prometheus, on `metrics_addr` when set):
+//! - `prorata_compute_total{outcome}` — Compute calls: `stored`, `replayed`, `error`.
+//! - `prorata_compute_seconds` — Compute latency (summary).
+//! - `prorata_outbox_pending` — events not yet published (or, with no broker, kept).
+//! - `prorata_outbox_published_total`, `prorata_outbox_dropped_total` — relayed events;
+//!   events dropped by the outbox bound when no broker is configured.
+//! - `prorata_consumer_messages_total{outcome}` — order events: `done`, `retry`, `dead`.
+//! - `prorata_redis_up` — 1 while the shared cache answers, 0 otherwise.
 
 use tracing_subscriber::EnvFilter;
 
@@ -13,4 +22,21 @@ pub fn init(format: &str, level: &str) {
     } else {
         builder.try_init()
     };
+}
+
+/// Serves Prometheus metrics on `addr` (e.g. `127.0.0.1:9464`); an empty address disables
+/// them (the macros then record nothing). Must be called inside the Tokio runtime.
+pub fn init_metrics(addr: &str) -> anyhow::Result<()> {
+    if addr.is_empty() {
+        return Ok(());
+    }
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("metrics_addr {addr:?}: {e}"))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| anyhow::anyhow!("metrics exporter on {addr}: {e}"))?;
+    tracing::info!(%addr, "serving Prometheus metrics");
+    Ok(())
 }

@@ -151,11 +151,17 @@ pub async fn run(
             next = messages.next() => match next {
                 None => return Ok(()),
                 Some(Err(e)) => tracing::warn!(error = %e, "order event stream error"),
-                Some(Ok(msg)) => {
-                    if let Err(e) = process(&app, &js, &s, &msg).await {
-                        tracing::warn!(error = %e, "order event not settled; the broker will redeliver it");
+                Some(Ok(msg)) => match process(&app, &js, &s, &msg).await {
+                    Ok(o) => {
+                        let outcome = match o {
+                            Outcome::Done => "done",
+                            Outcome::Retry => "retry",
+                            Outcome::Dead => "dead",
+                        };
+                        metrics::counter!("prorata_consumer_messages_total", "outcome" => outcome).increment(1);
                     }
-                }
+                    Err(e) => tracing::warn!(error = %e, "order event not settled; the broker will redeliver it"),
+                },
             }
         }
     }

@@ -123,14 +123,21 @@ pub async fn outbox_janitor(
             () = &mut shutdown => return,
             _ = tick.tick() => {}
         }
-        match store.outbox_pending().await {
+        let pending = store.outbox_pending().await;
+        if let Ok(p) = &pending {
+            metrics::gauge!("prorata_outbox_pending").set(*p as f64);
+        }
+        match pending {
             Ok(pending) if pending > max_rows => match store.outbox_prune(max_rows).await {
-                Ok(dropped) => tracing::warn!(
+                Ok(dropped) => {
+                    metrics::counter!("prorata_outbox_dropped_total").increment(dropped);
+                    tracing::warn!(
                     outbox_pending = pending,
                     outbox_dropped = dropped,
                     max_rows,
                     "no broker is configured: dropped the oldest events beyond the outbox bound"
-                ),
+                    );
+                }
                 Err(e) => tracing::warn!(error = %e, "outbox prune failed"),
             },
             Ok(pending) => tracing::debug!(outbox_pending = pending, "outbox"),

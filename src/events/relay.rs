@@ -86,6 +86,10 @@ pub async fn round(
     }
     let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
     store.outbox_mark_published(&seqs, Utc::now()).await?;
+    metrics::counter!("prorata_outbox_published_total").increment(rows.len() as u64);
+    if let Ok(pending) = store.outbox_pending().await {
+        metrics::gauge!("prorata_outbox_pending").set(pending as f64);
+    }
     Ok(rows.len())
 }
 
