@@ -142,6 +142,24 @@ impl std::fmt::Debug for App {
     }
 }
 
+impl<T> Page<T> {
+    /// A page from rows fetched with one extra beyond `size`: the extra row only says
+    /// that another page exists, and the token continues after the last row kept.
+    pub(crate) fn from_overfetch(
+        mut items: Vec<T>,
+        size: u32,
+        token_of: impl Fn(&T) -> String,
+    ) -> Page<T> {
+        let next = if items.len() > size as usize {
+            items.truncate(size as usize);
+            items.last().map(token_of).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Page { items, next }
+    }
+}
+
 pub(crate) fn page_size(requested: u32) -> u32 {
     match requested {
         0 => DEFAULT_PAGE_SIZE,
@@ -456,20 +474,13 @@ impl App {
             .map_err(|e| FieldError::new("account", e))?;
         let after = decode_cursor(token)?;
         let size = page_size(page_size_requested);
-        let mut items = self
+        let items = self
             .store
             .list_splits(account, from, to, after, size + 1)
             .await?;
-        let next = if items.len() > size as usize {
-            items.truncate(size as usize);
-            items
-                .last()
-                .map(|l| encode_cursor(&(l.paid_at, l.order_id.clone())))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Page { items, next })
+        Ok(Page::from_overfetch(items, size, |l| {
+            encode_cursor(&(l.paid_at, l.order_id.clone()))
+        }))
     }
 
     // ------------------------------------------------------------ rule sets
@@ -557,17 +568,8 @@ impl App {
                 })?)
             };
         let size = page_size(page_size_requested);
-        let mut items = self.store.list_rulesets(before, size + 1).await?;
-        let next = if items.len() > size as usize {
-            items.truncate(size as usize);
-            items
-                .last()
-                .map(|l| l.version.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Page { items, next })
+        let items = self.store.list_rulesets(before, size + 1).await?;
+        Ok(Page::from_overfetch(items, size, |l| l.version.to_string()))
     }
 
     /// The rule set in effect now (its grades drive upgrades on network changes).

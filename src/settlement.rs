@@ -240,21 +240,12 @@ impl App {
                 .parse::<i64>()
                 .map_err(|_| FieldError::new("page_token", "is not a token this service issued"))?
         };
-        let size = match page_size {
-            0 => crate::app::DEFAULT_PAGE_SIZE,
-            n => n.min(crate::app::MAX_PAGE_SIZE),
-        };
-        let mut items = self
+        let size = crate::app::page_size(page_size);
+        let items = self
             .store()
             .list_entries(account, from, to, after, size + 1, Utc::now())
             .await?;
-        let next = if items.len() > size as usize {
-            items.truncate(size as usize);
-            items.last().map(|e| e.id.to_string()).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Page { items, next })
+        Ok(Page::from_overfetch(items, size, |e| e.id.to_string()))
     }
 
     /// Creates a payout batch (idempotent by batch id).
