@@ -30,6 +30,9 @@ use crate::domain::ruleset::RuleSet;
 const READ_CONNECTIONS: u32 = 8;
 /// How long a connection waits for a lock held by another process before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Rows per multi-row INSERT: 9 columns × 500 stays far below SQLite's 32,766 bound
+/// parameters per statement.
+const MAX_ROWS_PER_INSERT: usize = 500;
 /// How long a caller waits for a pooled connection before UNAVAILABLE.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -233,22 +236,22 @@ async fn insert_entries(
     order_id: &str,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    for e in entries {
-        sqlx::query(
-            "INSERT INTO entries (account, currency, amount, deferred, available_at, source_kind, source_id, order_id, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(e.account.to_string())
-        .bind(&e.currency)
-        .bind(e.amount)
-        .bind(e.deferred)
-        .bind(e.available_at.map(us))
-        .bind(source_kind)
-        .bind(source_id)
-        .bind(order_id)
-        .bind(us(now))
-        .execute(&mut **tx)
-        .await?;
+    for chunk in entries.chunks(MAX_ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO entries (account, currency, amount, deferred, available_at, source_kind, source_id, order_id, created_at) ",
+        );
+        q.push_values(chunk, |mut b, e| {
+            b.push_bind(e.account.to_string())
+                .push_bind(e.currency.clone())
+                .push_bind(e.amount)
+                .push_bind(e.deferred)
+                .push_bind(e.available_at.map(us))
+                .push_bind(source_kind.to_string())
+                .push_bind(source_id.to_string())
+                .push_bind(order_id.to_string())
+                .push_bind(us(now));
+        });
+        q.build().execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -497,19 +500,19 @@ async fn commit_one(
     .bind(us(result.computed_at))
     .execute(&mut **tx)
     .await?;
-    for t in &result.totals {
-        sqlx::query(
-            "INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(t.account.to_string())
-        .bind(us(result.paid_at))
-        .bind(&result.order_id)
-        .bind(&result.currency)
-        .bind(t.amount)
-        .bind(result.ruleset_version as i64)
-        .execute(&mut **tx)
-        .await?;
+    for chunk in result.totals.chunks(MAX_ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version) ",
+        );
+        q.push_values(chunk, |mut b, t| {
+            b.push_bind(t.account.to_string())
+                .push_bind(us(result.paid_at))
+                .push_bind(result.order_id.clone())
+                .push_bind(result.currency.clone())
+                .push_bind(t.amount)
+                .push_bind(result.ruleset_version as i64);
+        });
+        q.build().execute(&mut **tx).await?;
     }
     insert_entries(
         tx,
