@@ -177,19 +177,6 @@ impl Exact {
             Exact::Big(r) => round_big(r, mode).to_i64(),
         }
     }
-
-    /// Rounds down (toward zero) to an integer; `None` if it does not fit in i64.
-    pub fn floor_i64(&self) -> Option<i64> {
-        self.round_to_i64(Rounding::Down)
-    }
-
-    /// The fractional part (self − trunc(self)), for largest-remainder allocation.
-    pub fn fract(&self) -> Exact {
-        match self {
-            Exact::Small(r) => Exact::Small(r.fract()),
-            Exact::Big(r) => shrink(r.fract()),
-        }
-    }
 }
 
 /// Display without leaving i128 (explanations render a few dozen rates per split).
