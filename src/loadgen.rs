@@ -35,7 +35,33 @@
 //! Orders are generated from the seed and the order's sequence number only (a small
 //! xorshift PRNG), so a run's order mix does not depend on scheduling: 1-5 lines, 1-5
 //! levels (uniform), 50 merchants, three channels, CNY amounts in minor units, some line
-//! discounts and tags.
+//! discounts and tags. `--lines N` and `--levels N` fix the shape of every order.
+//!
+//! Scenarios that isolate one cost (used by `benches/run.sh` for the growth curves):
+//! - `preview`: `CommissionService/Preview` of new orders: the whole server path of a
+//!   Compute (parse, rule selection, network from the cache, the volume reads, the engine,
+//!   encoding) but nothing stored, so the curves measure compute cost rather than the disk.
+//! - `upline`: `NetworkService/GetUpline` of random promoters at depth `--levels` (default:
+//!   the chain depth) with `max_depth` = that depth, so each answer holds `--levels`
+//!   promoters.
+//! - `list-splits`: `CommissionService/ListSplits`, first page of one account (`--account`,
+//!   default the account `--account-orders` fills).
+//!
+//! Larger set-ups (each independent, ids deterministic so they can be repeated):
+//! - `--network N --chain-depth D` replaces the 1,000-promoter network by N promoters in
+//!   N/D chains of D (`net-p-C-D`, D = 1 is the root), one customer bound to each
+//!   (`net-c-C-D`), imported in `--import-batch` items per `ImportNetwork` call (each call
+//!   is one transaction). `--network-from M` skips the first M promoters, imported by an
+//!   earlier run, so a network can grow step by step.
+//! - `--rules R` publishes a generated rule set instead of [`SETUP_RULESET`]: R-1
+//!   conditional rules no generated order matches, ahead of the matching default that pays
+//!   up to [`MAX_LEVELS`] levels, so every line scans all R rules (like `benches/engine.rs`).
+//! - `--account-orders K` stores K orders that all pay one promoter (the root of chain 0;
+//!   the buyers are bound at depths 1-5 of that chain) through `ComputeStream`, for
+//!   `list-splits`.
+//!
+//! `--setup` does both the rule set and the network; `--setup-rules` and `--setup-network`
+//! do one of them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -67,6 +93,21 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const HIST_MAX_US: u64 = 3_600_000_000;
 /// Stats shards (mutexes) that concurrent tasks spread over.
 const STAT_SHARDS: usize = 16;
+/// Set-up calls (imports, `ComputeStream` of many orders) run long; they get this deadline
+/// instead of [`CALL_TIMEOUT`] (the server's own long-call timeout is an hour).
+const SETUP_CALL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `ComputeStream` calls run side by side by `--account-orders` (the server answers 32
+/// orders of each stream at a time).
+const ACCOUNT_STREAMS: usize = 4;
+/// Depths of chain 0 the buyers of `--account-orders` are bound at: within the 5 levels
+/// [`SETUP_RULESET`] pays, so its root is paid whichever rule set is in effect.
+pub const ACCOUNT_DEPTHS: usize = 5;
+/// Most levels a generated rule set pays (the server's bound, `ruleset::MAX_LEVELS`).
+pub const MAX_LEVELS: usize = crate::domain::ruleset::MAX_LEVELS as usize;
+/// Level rates of the generated rule sets' default rule (26 % in all, under the 0.3 cap).
+pub const GENERATED_LEVEL_RATES: [&str; MAX_LEVELS] = [
+    "0.10", "0.05", "0.03", "0.02", "0.01", "0.01", "0.01", "0.01", "0.01", "0.01",
+];
 
 /// Promoter chains the setup creates.
 pub const SETUP_CHAINS: usize = 200;
@@ -125,6 +166,12 @@ pub enum Scenario {
     Replay,
     /// grpc.health.v1.Health/Check: the gRPC ceiling.
     Empty,
+    /// Preview of new orders: the compute path, nothing stored.
+    Preview,
+    /// GetUpline of random promoters at depth --levels.
+    Upline,
+    /// ListSplits, first page of one account.
+    ListSplits,
 }
 
 impl Mode {
@@ -142,6 +189,9 @@ impl Scenario {
             Scenario::Compute => "compute",
             Scenario::Replay => "replay",
             Scenario::Empty => "empty",
+            Scenario::Preview => "preview",
+            Scenario::Upline => "upline",
+            Scenario::ListSplits => "list-splits",
         }
     }
 }
@@ -170,7 +220,7 @@ pub struct BenchArgs {
     /// Seconds of load before recording starts.
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
-    /// compute | replay | empty.
+    /// compute | replay | empty | preview | upline | list-splits.
     #[arg(long, value_enum, default_value_t = Scenario::Compute)]
     pub scenario: Scenario,
     /// Replay: orders stored first, then sent again at random.
@@ -182,12 +232,55 @@ pub struct BenchArgs {
     /// Publish the benchmark rule set and import the benchmark network first.
     #[arg(long)]
     pub setup: bool,
+    /// Only publish the benchmark rule set first (see --rules).
+    #[arg(long)]
+    pub setup_rules: bool,
+    /// Only import the benchmark network first (see --network).
+    #[arg(long)]
+    pub setup_network: bool,
+    /// Lines in every order (default: 1-5 at random).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=crate::domain::order::MAX_LINES as u64))]
+    pub lines: Option<u64>,
+    /// Levels every order pays, i.e. the depth its buyer is bound at (default: at random
+    /// up to the chain depth); upline: the depth of the promoters asked for.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_LEVELS as u64))]
+    pub levels: Option<u64>,
+    /// Promoters of the generated network, a multiple of --chain-depth (0: the classic
+    /// 1,000-promoter network).
+    #[arg(long, default_value_t = 0)]
+    pub network: u64,
+    /// Promoters per chain of the generated network.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=crate::app::MAX_UPLINE_DEPTH as u64))]
+    pub chain_depth: u64,
+    /// Setup: promoters of the generated network already imported (skipped).
+    #[arg(long, default_value_t = 0)]
+    pub network_from: u64,
+    /// Setup: items per ImportNetwork call (one transaction each).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=crate::store::MAX_IMPORT_ITEMS as u64))]
+    pub import_batch: u64,
+    /// Rules of the published rule set: R-1 that never match, then the default (0: the
+    /// classic 2-rule set).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=crate::domain::ruleset::MAX_RULES as u64))]
+    pub rules: u64,
+    /// Setup: orders stored first (through ComputeStream) that all pay one promoter.
+    #[arg(long, default_value_t = 0)]
+    pub account_orders: u64,
+    /// list-splits: the account (default: the promoter --account-orders pays).
+    #[arg(long)]
+    pub account: Option<String>,
+    /// list-splits: page size (0: the server's default, 100).
+    #[arg(long, default_value_t = 0)]
+    pub page_size: u32,
     /// Seed of the order mix.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write the scenario's first request to this file, gRPC-framed, for load tools that
+    /// send one fixed body (`h2load -d FILE`); replay: an order stored by the set-up.
+    #[arg(long)]
+    pub body_out: Option<PathBuf>,
 }
 
 /// A small xorshift64* generator: deterministic, no dependencies, good enough for a mix.
@@ -249,13 +342,89 @@ pub struct GeneratedOrder {
     pub refund: Option<RefundPlan>,
 }
 
-/// Deterministic orders: `order(n)` depends only on the seed, the prefix and `n`.
+/// The promoter network the orders' buyers are bound in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// The `--setup` network: [`SETUP_CHAINS`] chains of [`CHAIN_DEPTH`] promoters,
+    /// [`CUSTOMERS_PER_PROMOTER`] customers bound to each.
+    #[default]
+    Classic,
+    /// `--network`: `chains` chains of `depth` promoters, one customer bound to each.
+    Chains { chains: usize, depth: usize },
+}
+
+impl Network {
+    /// `--network N --chain-depth D` (N a multiple of D; 0 is the classic network).
+    pub fn from_size(promoters: u64, depth: u64) -> Network {
+        if promoters == 0 {
+            Network::Classic
+        } else {
+            Network::Chains {
+                chains: (promoters / depth) as usize,
+                depth: depth as usize,
+            }
+        }
+    }
+
+    /// Number of chains.
+    pub fn chains(self) -> usize {
+        match self {
+            Network::Classic => SETUP_CHAINS,
+            Network::Chains { chains, .. } => chains,
+        }
+    }
+
+    /// Promoters per chain: the most levels an order can pay.
+    pub fn depth(self) -> usize {
+        match self {
+            Network::Classic => CHAIN_DEPTH,
+            Network::Chains { depth, .. } => depth,
+        }
+    }
+
+    /// The promoter at `depth` (1 = the root) of `chain`.
+    pub fn promoter(self, chain: usize, depth: usize) -> String {
+        match self {
+            Network::Classic => promoter_id(chain, depth),
+            Network::Chains { .. } => format!("net-p-{chain}-{depth}"),
+        }
+    }
+
+    /// Customer `j` of the promoter at `depth` of `chain` (the generated network binds one
+    /// customer per promoter: `j` is ignored).
+    pub fn customer(self, chain: usize, depth: usize, j: usize) -> String {
+        match self {
+            Network::Classic => customer_id(chain, depth, j),
+            Network::Chains { .. } => format!("net-c-{chain}-{depth}"),
+        }
+    }
+
+    /// The account `--account-orders` pays: the root of chain 0.
+    pub fn account(self) -> String {
+        format!("promoter:{}", self.promoter(0, 1))
+    }
+}
+
+/// What every order looks like beyond the random mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OrderShape {
+    /// Lines per order; `None`: 1..=[`MAX_LINES`] at random.
+    pub lines: Option<usize>,
+    /// Levels per order (the depth of the buyer's promoter); `None`: at random up to the
+    /// chain depth.
+    pub levels: Option<usize>,
+    /// Where the buyers are bound.
+    pub network: Network,
+}
+
+/// Deterministic orders: `order(n)` depends only on the seed, the prefix, the shape and `n`.
 #[derive(Debug, Clone)]
 pub struct OrderGen {
     pub seed: u64,
     /// Run-specific id prefix, so runs against one database never collide.
     pub prefix: String,
     pub refund_ratio: f64,
+    pub shape: OrderShape,
 }
 
 /// Promoter `bench-p-CCC-D` (depth 1 is the chain's root).
@@ -278,8 +447,12 @@ impl OrderGen {
     /// The `n`-th order of the run.
     pub fn order(&self, n: u64) -> GeneratedOrder {
         let mut rng = XorShift::new(self.seed ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        let levels = rng.range(1, CHAIN_DEPTH as u64) as usize;
-        let chain = rng.below(SETUP_CHAINS as u64) as usize;
+        let net = self.shape.network;
+        // Draw the random values even when the shape fixes them, so the rest of an order
+        // does not change with the options.
+        let levels = rng.range(1, net.depth() as u64) as usize;
+        let levels = self.shape.levels.unwrap_or(levels);
+        let chain = rng.below(net.chains() as u64) as usize;
         let j = rng.below(CUSTOMERS_PER_PROMOTER as u64) as usize;
         let merchant = format!("bench-m-{:02}", rng.below(MERCHANTS));
         let channel = match rng.below(10) {
@@ -294,6 +467,7 @@ impl OrderGen {
             Vec::new()
         };
         let n_lines = rng.range(1, MAX_LINES as u64) as usize;
+        let n_lines = self.shape.lines.unwrap_or(n_lines);
         let lines = (0..n_lines)
             .map(|i| {
                 let cat = rng.below(CATEGORIES.len() as u64) as usize;
@@ -324,7 +498,7 @@ impl OrderGen {
             order: pb::Order {
                 id: format!("{}-{n}", self.prefix),
                 merchant,
-                buyer: customer_id(chain, levels, j),
+                buyer: net.customer(chain, levels, j),
                 paid_at: Some(prost_types::Timestamp {
                     seconds: paid_at,
                     nanos: 0,
@@ -340,6 +514,136 @@ impl OrderGen {
             refund,
         }
     }
+}
+
+impl OrderGen {
+    /// The `n`-th order of `--account-orders`: the shape's lines, bought by a customer of
+    /// chain 0 bound at depth 1 to [`ACCOUNT_DEPTHS`] in turn, so every order pays the
+    /// chain's root ([`Network::account`]), at the level of that depth. The orders' primary
+    /// promoters (whose month counters every Compute locks) are spread over those depths:
+    /// with a single one, concurrent Computes would queue on one counter row.
+    pub fn account_order(&self, n: u64) -> GeneratedOrder {
+        let net = self.shape.network;
+        let depth = (n % ACCOUNT_DEPTHS.min(net.depth()) as u64) as usize + 1;
+        let j = (n / ACCOUNT_DEPTHS as u64 % CUSTOMERS_PER_PROMOTER as u64) as usize;
+        let mut g = self.order(n);
+        g.order.id = format!("{}-a{n}", self.prefix);
+        g.order.buyer = net.customer(0, depth, j);
+        g.levels = depth;
+        g.refund = None;
+        g
+    }
+}
+
+/// The items of one import of the generated network: chains `chains` of `depth`
+/// promoters, each chain root first, then one customer bound to each of their promoters.
+pub fn network_items(
+    chains: std::ops::Range<usize>,
+    depth: usize,
+) -> Vec<pb::ImportNetworkRequest> {
+    use pb::import_network_request::Item;
+    let net = Network::Chains {
+        chains: chains.end,
+        depth,
+    };
+    let mut items = Vec::with_capacity(chains.len() * depth * 2);
+    for c in chains.clone() {
+        for d in 1..=depth {
+            items.push(pb::ImportNetworkRequest {
+                item: Some(Item::Promoter(pb::UpsertPromoterRequest {
+                    id: net.promoter(c, d),
+                    parent: Some(if d == 1 {
+                        String::new()
+                    } else {
+                        net.promoter(c, d - 1)
+                    }),
+                    grade: None,
+                    status: pb::PromoterStatus::Active as i32,
+                })),
+            });
+        }
+    }
+    for c in chains {
+        for d in 1..=depth {
+            items.push(pb::ImportNetworkRequest {
+                item: Some(Item::Binding(pb::BindCustomerRequest {
+                    customer: net.customer(c, d, 0),
+                    promoter: net.promoter(c, d),
+                })),
+            });
+        }
+    }
+    items
+}
+
+/// The chains each `ImportNetwork` call of the generated network carries: whole chains
+/// (a chain never straddles two transactions), about `batch` items per call (a chain of
+/// `depth` is `2 * depth` items), from promoter `from` (a multiple of `depth`) on.
+pub fn import_calls(
+    chains: usize,
+    depth: usize,
+    from: usize,
+    batch: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let per_call = (batch / (2 * depth)).max(1);
+    (from / depth..chains)
+        .step_by(per_call)
+        .map(|c| c..(c + per_call).min(chains))
+        .collect()
+}
+
+/// A rule set of `rules` rules: `rules - 1` conditional rules that no generated order
+/// matches, at priorities above the default rule, which matches everything and pays
+/// [`GENERATED_LEVEL_RATES`] over up to [`MAX_LEVELS`] levels. Every line therefore scans
+/// every rule. Conditions rotate over the fields the matcher checks, and some combine a
+/// condition every order meets with one none does, so a check cannot always stop at the
+/// first field. The fee, platform take, partner and cap are those of [`SETUP_RULESET`].
+pub fn ruleset_document(rules: usize) -> String {
+    use std::fmt::Write as _;
+    let mut doc = format!(
+        r#"timezone: Asia/Shanghai
+currency: CNY
+hold_days: 7
+max_levels: {MAX_LEVELS}
+payment_fee:
+  default: "0.006"
+  by_channel: {{alipay: "0.006", wechat: "0.006", card: "0.01"}}
+platform:
+  rate: "0.05"
+  partners:
+    - {{id: bench-partner, share: "0.2"}}
+cap: "0.3"
+rules:
+"#
+    );
+    let all_categories = CATEGORIES.join(", ");
+    for i in 0..rules.saturating_sub(1) {
+        let when = match i % 5 {
+            0 => format!("{{category: [nomatch-{i}]}}"),
+            1 => format!("{{category: [{all_categories}], merchant: [nomatch-m-{i}]}}"),
+            2 => format!("{{sku: [NOMATCH-{i}, NOMATCH-{i}-b]}}"),
+            3 => format!("{{channel: [alipay, wechat, card], tags: [nomatch-{i}]}}"),
+            _ => format!(
+                "{{merchant: [bench-m-{:02}], channel: [nomatch-{i}]}}",
+                i % 50
+            ),
+        };
+        let _ = writeln!(
+            doc,
+            r#"  - {{id: r{i}, priority: {}, when: {when}, levels: ["0.2", "0.1"]}}"#,
+            rules - i
+        );
+    }
+    let rates: Vec<String> = GENERATED_LEVEL_RATES
+        .iter()
+        .map(|r| format!("\"{r}\""))
+        .collect();
+    let _ = writeln!(
+        doc,
+        "  - {{id: default, priority: 0, levels: [{}]}}",
+        rates.join(", ")
+    );
+    doc
 }
 
 /// The items of the setup import: every chain's promoters root first, then the bindings.
@@ -385,9 +689,20 @@ enum Kind {
     Refund = 1,
     Replay = 2,
     Empty = 3,
+    Preview = 4,
+    Upline = 5,
+    ListSplits = 6,
 }
 
-const KINDS: [Kind; 4] = [Kind::Compute, Kind::Refund, Kind::Replay, Kind::Empty];
+const KINDS: [Kind; 7] = [
+    Kind::Compute,
+    Kind::Refund,
+    Kind::Replay,
+    Kind::Empty,
+    Kind::Preview,
+    Kind::Upline,
+    Kind::ListSplits,
+];
 
 impl Kind {
     fn name(self) -> &'static str {
@@ -396,6 +711,9 @@ impl Kind {
             Kind::Refund => "refund",
             Kind::Replay => "replay",
             Kind::Empty => "empty",
+            Kind::Preview => "preview",
+            Kind::Upline => "upline",
+            Kind::ListSplits => "list-splits",
         }
     }
 }
@@ -407,9 +725,9 @@ fn histogram() -> Histogram<u64> {
 /// Recorded results (one shard).
 struct Stats {
     all: Histogram<u64>,
-    by_kind: [Histogram<u64>; 4],
-    ok: [u64; 4],
-    failed: [u64; 4],
+    by_kind: [Histogram<u64>; KINDS.len()],
+    ok: [u64; KINDS.len()],
+    failed: [u64; KINDS.len()],
     /// Failures by status code name, with the first message seen.
     errors: BTreeMap<&'static str, (u64, String)>,
     /// Completion of the last recorded call.
@@ -420,9 +738,9 @@ impl Stats {
     fn new() -> Self {
         Stats {
             all: histogram(),
-            by_kind: [histogram(), histogram(), histogram(), histogram()],
-            ok: [0; 4],
-            failed: [0; 4],
+            by_kind: std::array::from_fn(|_| histogram()),
+            ok: [0; KINDS.len()],
+            failed: [0; KINDS.len()],
             errors: BTreeMap::new(),
             last_done: None,
         }
@@ -452,7 +770,7 @@ impl Stats {
 
     fn merge(&mut self, o: &Stats) {
         self.all.add(&o.all).expect("same bounds");
-        for k in 0..4 {
+        for k in 0..KINDS.len() {
             self.by_kind[k].add(&o.by_kind[k]).expect("same bounds");
             self.ok[k] += o.ok[k];
             self.failed[k] += o.failed[k];
@@ -474,6 +792,7 @@ struct Conn {
     commission: CommissionServiceClient<Channel>,
     settlement: SettlementServiceClient<Channel>,
     health: HealthClient<Channel>,
+    network: NetworkServiceClient<Channel>,
 }
 
 struct Ctx {
@@ -482,6 +801,10 @@ struct Ctx {
     next_conn: AtomicUsize,
     gen: OrderGen,
     replays: Vec<pb::Order>,
+    /// upline: the depth of the promoters asked for (and the `max_depth` sent).
+    upline_depth: usize,
+    /// list-splits: the request sent.
+    list: pb::ListSplitsRequest,
     shards: Vec<Mutex<Stats>>,
 }
 
@@ -514,6 +837,42 @@ impl Ctx {
                     .map(|_| ());
                 if record {
                     self.record(n, Kind::Empty, at, r);
+                }
+            }
+            Scenario::Preview => {
+                let mut cm = c.commission;
+                let r = cm
+                    .preview(pb::PreviewRequest {
+                        order: Some(self.gen.order(n).order),
+                        ruleset_document: String::new(),
+                    })
+                    .await
+                    .map(|_| ());
+                if record {
+                    self.record(n, Kind::Preview, at, r);
+                }
+            }
+            Scenario::Upline => {
+                let net = self.gen.shape.network;
+                let mut rng = XorShift::new(self.gen.seed ^ n.wrapping_mul(0x9FB2_1C65_1E98_DF25));
+                let chain = rng.below(net.chains() as u64) as usize;
+                let mut nw = c.network;
+                let r = nw
+                    .get_upline(pb::GetUplineRequest {
+                        promoter: net.promoter(chain, self.upline_depth),
+                        max_depth: self.upline_depth as u32,
+                    })
+                    .await
+                    .map(|_| ());
+                if record {
+                    self.record(n, Kind::Upline, at, r);
+                }
+            }
+            Scenario::ListSplits => {
+                let mut cm = c.commission;
+                let r = cm.list_splits(self.list.clone()).await.map(|_| ());
+                if record {
+                    self.record(n, Kind::ListSplits, at, r);
                 }
             }
             Scenario::Replay => {
@@ -592,10 +951,10 @@ pub struct Summary {
     pub throughput: f64,
 }
 
-async fn connect(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+async fn connect(addr: &str, n: usize, timeout: Duration) -> anyhow::Result<Vec<Channel>> {
     let ep = Endpoint::from_shared(addr.to_string())
         .with_context(|| format!("bad --addr {addr:?}"))?
-        .timeout(CALL_TIMEOUT)
+        .timeout(timeout)
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     let mut out = Vec::with_capacity(n);
@@ -610,29 +969,249 @@ async fn connect(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
     Ok(out)
 }
 
-async fn setup(channel: Channel) -> anyhow::Result<()> {
+/// Publishes the benchmark rule set ([`SETUP_RULESET`], or [`ruleset_document`] with
+/// `rules > 0`); returns the seconds it took.
+async fn publish_rules(channel: Channel, rules: usize) -> anyhow::Result<f64> {
     let t = Instant::now();
-    let published = RuleServiceClient::new(channel.clone())
+    let document = if rules == 0 {
+        SETUP_RULESET.to_string()
+    } else {
+        ruleset_document(rules)
+    };
+    if document.len() > crate::domain::ruleset::MAX_DOCUMENT_BYTES {
+        bail!(
+            "a rule set of {rules} rules is {} bytes; the server takes at most {}",
+            document.len(),
+            crate::domain::ruleset::MAX_DOCUMENT_BYTES
+        );
+    }
+    let published = RuleServiceClient::new(channel)
         .publish_rule_set(pb::PublishRuleSetRequest {
-            document: SETUP_RULESET.to_string(),
+            document: document.clone(),
         })
         .await
         .context("publishing the benchmark rule set")?
         .into_inner();
     let version = published.ruleset.map_or(0, |r| r.version);
-    let items = setup_network();
-    let imported = NetworkServiceClient::new(channel)
-        .import_network(futures::stream::iter(items))
-        .await
-        .context("importing the benchmark network")?
-        .into_inner();
+    let secs = t.elapsed().as_secs_f64();
     println!(
-        "setup: rule set version {version} published; imported {} promoters and {} bindings in {:.2} s",
-        imported.promoters,
-        imported.bindings,
-        t.elapsed().as_secs_f64()
+        "setup: rule set version {version} published ({} rules, {} bytes) in {secs:.2} s",
+        if rules == 0 { 2 } else { rules },
+        document.len()
     );
-    Ok(())
+    Ok(secs)
+}
+
+/// Imports the benchmark network: the classic one in one call, or chains of the generated
+/// one from promoter `from` on, `batch` items per call. Returns the seconds it took.
+async fn import_network(
+    channel: Channel,
+    net: Network,
+    from: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let mut client = NetworkServiceClient::new(channel);
+    let (mut promoters, mut bindings, mut calls) = (0u64, 0u64, 0u64);
+    // One call's items at a time (lazily), so a million promoters are never all in memory.
+    let calls_items: Box<dyn Iterator<Item = Vec<pb::ImportNetworkRequest>> + Send> = match net {
+        Network::Classic => Box::new(std::iter::once(setup_network())),
+        Network::Chains { chains, depth } => Box::new(
+            import_calls(chains, depth, from, batch)
+                .into_iter()
+                .map(move |c| network_items(c, depth)),
+        ),
+    };
+    for items in calls_items {
+        let r = client
+            .import_network(futures::stream::iter(items))
+            .await
+            .context("importing the benchmark network")?
+            .into_inner();
+        promoters += r.promoters;
+        bindings += r.bindings;
+        calls += 1;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "setup: imported {promoters} promoters and {bindings} bindings in {calls} calls in {secs:.2} s ({:.0} items/s)",
+        (promoters + bindings) as f64 / secs.max(1e-9)
+    );
+    Ok(secs)
+}
+
+/// Stores `--account-orders` orders that all pay [`Network::account`], over
+/// [`ACCOUNT_STREAMS`] `ComputeStream` calls side by side. Returns the seconds it took.
+async fn store_account_orders(
+    channels: &[Channel],
+    gen: &OrderGen,
+    count: u64,
+) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let streams = ACCOUNT_STREAMS.min(count as usize).max(1);
+    let mut tasks = Vec::with_capacity(streams);
+    for s in 0..streams {
+        let mut cm = CommissionServiceClient::new(channels[s % channels.len()].clone());
+        let gen = gen.clone();
+        tasks.push(tokio::spawn(async move {
+            let requests =
+                futures::stream::iter((s as u64..count).step_by(streams).map(move |n| {
+                    pb::ComputeRequest {
+                        order: Some(gen.account_order(n).order),
+                    }
+                }));
+            let mut answers = cm.compute_stream(requests).await?.into_inner();
+            let mut ok = 0u64;
+            let mut failures: BTreeMap<&'static str, (u64, String)> = BTreeMap::new();
+            while let Some(a) = answers.message().await? {
+                if a.code == 0 {
+                    ok += 1;
+                } else {
+                    failures
+                        .entry(code_name(tonic::Code::from(a.code)))
+                        .or_insert_with(|| (0, a.message.clone()))
+                        .0 += 1;
+                }
+            }
+            Ok::<_, tonic::Status>((ok, failures))
+        }));
+    }
+    let mut stored = 0u64;
+    for task in tasks {
+        let (ok, failures) = task.await?.context("ComputeStream of the account orders")?;
+        stored += ok;
+        for (code, (n, msg)) in failures {
+            eprintln!("account orders: {n} × {code} (e.g. {msg})");
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "setup: stored {stored} of {count} orders paying {} in {secs:.2} s ({:.0} orders/s)",
+        gen.shape.network.account(),
+        stored as f64 / secs.max(1e-9)
+    );
+    if stored < count {
+        bail!("only {stored} of {count} account orders were stored");
+    }
+    Ok(secs)
+}
+
+/// A gRPC message on the wire: 0 (not compressed), its length as a big-endian u32, the
+/// protobuf bytes.
+pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// The path and the framed request of the scenario's first call (operation `n`).
+fn first_request(ctx: &Ctx, n: u64) -> (&'static str, Vec<u8>) {
+    use prost::Message as _;
+    let (path, message) = match ctx.scenario {
+        Scenario::Empty => (
+            "/grpc.health.v1.Health/Check",
+            HealthCheckRequest {
+                service: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        Scenario::Replay => (
+            "/prorata.v1.CommissionService/Compute",
+            pb::ComputeRequest {
+                order: Some(ctx.replays[0].clone()),
+            }
+            .encode_to_vec(),
+        ),
+        Scenario::Compute => (
+            "/prorata.v1.CommissionService/Compute",
+            pb::ComputeRequest {
+                order: Some(ctx.gen.order(n).order),
+            }
+            .encode_to_vec(),
+        ),
+        Scenario::Preview => (
+            "/prorata.v1.CommissionService/Preview",
+            pb::PreviewRequest {
+                order: Some(ctx.gen.order(n).order),
+                ruleset_document: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        Scenario::Upline => (
+            "/prorata.v1.NetworkService/GetUpline",
+            pb::GetUplineRequest {
+                promoter: ctx.gen.shape.network.promoter(0, ctx.upline_depth),
+                max_depth: ctx.upline_depth as u32,
+            }
+            .encode_to_vec(),
+        ),
+        Scenario::ListSplits => (
+            "/prorata.v1.CommissionService/ListSplits",
+            ctx.list.encode_to_vec(),
+        ),
+    };
+    (path, grpc_frame(&message))
+}
+
+/// One call before the run that checks the scenario reads what the set-up made; returns
+/// what it saw.
+async fn probe(ctx: &Ctx) -> anyhow::Result<Option<String>> {
+    match ctx.scenario {
+        Scenario::Upline => {
+            let net = ctx.gen.shape.network;
+            // The last chain: it exists only if the whole network was imported.
+            let id = net.promoter(net.chains() - 1, ctx.upline_depth);
+            let r = ctx.conns[0]
+                .network
+                .clone()
+                .get_upline(pb::GetUplineRequest {
+                    promoter: id.clone(),
+                    max_depth: ctx.upline_depth as u32,
+                })
+                .await
+                .with_context(|| {
+                    format!("probe: GetUpline of {id} (is the network imported? --setup-network)")
+                })?
+                .into_inner();
+            if r.promoters.len() != ctx.upline_depth || r.truncated {
+                bail!(
+                    "probe: GetUpline of {id} answered {} promoters (truncated: {}), expected {}",
+                    r.promoters.len(),
+                    r.truncated,
+                    ctx.upline_depth
+                );
+            }
+            Ok(Some(format!(
+                "GetUpline of {id} with max_depth {} answers {} promoters",
+                ctx.upline_depth,
+                r.promoters.len()
+            )))
+        }
+        Scenario::ListSplits => {
+            let r = ctx.conns[0]
+                .commission
+                .clone()
+                .list_splits(ctx.list.clone())
+                .await
+                .context("probe: ListSplits")?
+                .into_inner();
+            if r.splits.is_empty() {
+                bail!(
+                    "probe: account {} holds no share (store some with --account-orders)",
+                    ctx.list.account
+                );
+            }
+            Ok(Some(format!(
+                "ListSplits of {} answers {} splits on its first page (more pages: {})",
+                ctx.list.account,
+                r.splits.len(),
+                !r.next_page_token.is_empty()
+            )))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Stores orders 0..count (concurrently), returning those stored.
@@ -716,24 +1295,33 @@ fn check_args(a: &BenchArgs) -> anyhow::Result<()> {
     if a.scenario == Scenario::Replay && a.replay_orders == 0 {
         bail!("--replay-orders must be at least 1");
     }
+    if a.network % a.chain_depth != 0 {
+        bail!(
+            "--network ({}) must be a multiple of --chain-depth ({})",
+            a.network,
+            a.chain_depth
+        );
+    }
+    if a.network_from % a.chain_depth != 0 || a.network_from > a.network {
+        bail!("--network-from must be a multiple of --chain-depth, at most --network");
+    }
+    let depth = Network::from_size(a.network, a.chain_depth).depth();
+    if let Some(l) = a.levels {
+        if l as usize > depth {
+            bail!("--levels {l} is deeper than the network's chains ({depth} promoters)");
+        }
+    }
+    if a.page_size > crate::app::MAX_PAGE_SIZE {
+        bail!("--page-size is at most {}", crate::app::MAX_PAGE_SIZE);
+    }
     Ok(())
 }
 
 /// Runs the benchmark, prints the summary (and writes the JSON one with `--json`).
 pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
     check_args(&args)?;
-    let channels = connect(&args.addr, args.connections).await?;
-    if args.setup {
-        setup(channels[0].clone()).await?;
-    }
-    let conns: Vec<Conn> = channels
-        .iter()
-        .map(|ch| Conn {
-            commission: CommissionServiceClient::new(ch.clone()),
-            settlement: SettlementServiceClient::new(ch.clone()),
-            health: HealthClient::new(ch.clone()),
-        })
-        .collect();
+    let channels = connect(&args.addr, args.connections, CALL_TIMEOUT).await?;
+    let network = Network::from_size(args.network, args.chain_depth);
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -741,7 +1329,39 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
         seed: args.seed,
         prefix: format!("bench-{unix_ms:x}-s{}", args.seed),
         refund_ratio: args.refund_ratio,
+        shape: OrderShape {
+            lines: args.lines.map(|n| n as usize),
+            levels: args.levels.map(|n| n as usize),
+            network,
+        },
     };
+    let mut setup_s = serde_json::Map::new();
+    if args.setup || args.setup_rules || args.setup_network || args.account_orders > 0 {
+        // Set-up calls run long: channels of their own, without the per-call deadline.
+        let long = connect(&args.addr, ACCOUNT_STREAMS, SETUP_CALL_TIMEOUT).await?;
+        if args.setup || args.setup_rules {
+            let secs = publish_rules(long[0].clone(), args.rules as usize).await?;
+            setup_s.insert("rules".into(), secs.into());
+        }
+        if args.setup || args.setup_network {
+            let (from, batch) = (args.network_from as usize, args.import_batch as usize);
+            let secs = import_network(long[0].clone(), network, from, batch).await?;
+            setup_s.insert("network".into(), secs.into());
+        }
+        if args.account_orders > 0 {
+            let secs = store_account_orders(&long, &gen, args.account_orders).await?;
+            setup_s.insert("account_orders".into(), secs.into());
+        }
+    }
+    let conns: Vec<Conn> = channels
+        .iter()
+        .map(|ch| Conn {
+            commission: CommissionServiceClient::new(ch.clone()),
+            settlement: SettlementServiceClient::new(ch.clone()),
+            health: HealthClient::new(ch.clone()),
+            network: NetworkServiceClient::new(ch.clone()),
+        })
+        .collect();
     let replays = if args.scenario == Scenario::Replay {
         store_replay_orders(&conns, &gen, args.replay_orders, args.concurrency).await?
     } else {
@@ -756,10 +1376,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
         scenario: args.scenario,
         conns,
         next_conn: AtomicUsize::new(0),
+        upline_depth: args.levels.map_or(network.depth(), |l| l as usize),
+        list: pb::ListSplitsRequest {
+            account: args.account.clone().unwrap_or_else(|| network.account()),
+            from: None,
+            to: None,
+            page_size: args.page_size,
+            page_token: String::new(),
+        },
         gen,
         replays,
         shards: (0..STAT_SHARDS).map(|_| Mutex::new(Stats::new())).collect(),
     });
+    let probed = probe(&ctx).await?;
+    if let Some(p) = &probed {
+        println!("probe: {p}");
+    }
+    if let Some(path) = &args.body_out {
+        let (rpc, body) = first_request(&ctx, first_n);
+        std::fs::write(path, &body).with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "body: {} ({} bytes) for POST {rpc}",
+            path.display(),
+            body.len()
+        );
+    }
 
     let start = Instant::now();
     let window_start = start + Duration::from_secs_f64(args.warmup);
@@ -854,7 +1495,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
         summary,
     );
     if let Some(path) = &args.json {
-        let json = json_summary(
+        let mut json = json_summary(
             &args,
             &ctx.gen.prefix,
             &stats,
@@ -863,6 +1504,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
             unfinished,
             summary,
         );
+        json["setup_s"] = setup_s.into();
+        json["probe"] = probed.into();
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -982,6 +1625,19 @@ fn json_summary(
             "refund_ratio": a.refund_ratio,
             "setup": a.setup,
             "seed": a.seed,
+            "setup_rules": a.setup_rules,
+            "setup_network": a.setup_network,
+            "lines": a.lines,
+            "levels": a.levels,
+            "network": a.network,
+            "chain_depth": a.chain_depth,
+            "network_from": a.network_from,
+            "import_batch": a.import_batch,
+            "rules": a.rules,
+            "account_orders": a.account_orders,
+            "account": a.account,
+            "page_size": a.page_size,
+            "body_out": a.body_out,
         },
         "order_id_prefix": prefix,
         "measured_s": measured,
@@ -1033,6 +1689,7 @@ mod tests {
             seed: 9,
             prefix: "bench-test-s9".into(),
             refund_ratio: 0.1,
+            shape: OrderShape::default(),
         };
         let mut line_counts = [0usize; MAX_LINES + 1];
         let mut level_counts = [0usize; CHAIN_DEPTH + 1];
@@ -1072,6 +1729,250 @@ mod tests {
             ..gen.clone()
         };
         assert_ne!(gen.order(0).order.lines, other.order(0).order.lines);
+    }
+
+    fn chains(chains: usize, depth: usize) -> Network {
+        Network::Chains { chains, depth }
+    }
+
+    #[test]
+    fn fixed_lines_and_levels_shape_every_order() {
+        for (lines, levels) in [(1, 1), (2, 5), (100, 10), (1000, 3)] {
+            let gen = OrderGen {
+                seed: 3,
+                prefix: "bench-shape".into(),
+                refund_ratio: 0.0,
+                shape: OrderShape {
+                    lines: Some(lines),
+                    levels: Some(levels),
+                    network: chains(1000, 10),
+                },
+            };
+            for n in 0..50 {
+                let g = gen.order(n);
+                assert_eq!(g, gen.order(n), "order {n} is reproducible");
+                let raw = raw_order(&g.order).expect("converts");
+                let order = Order::parse(&raw, "order")
+                    .unwrap_or_else(|e| panic!("{lines} lines, order {n}: {e:?}"));
+                assert_eq!(order.lines.len(), lines);
+                assert_eq!(g.levels, levels);
+                // net-c-CHAIN-DEPTH, bound to the promoter at that depth.
+                let parts: Vec<&str> = g.order.buyer.split('-').collect();
+                assert_eq!(parts[..2], ["net", "c"]);
+                assert!(parts[2].parse::<usize>().unwrap() < 1000);
+                assert_eq!(parts[3], levels.to_string());
+                assert!(g.refund.is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn random_levels_span_the_generated_chains() {
+        let gen = OrderGen {
+            seed: 5,
+            prefix: "bench-depth".into(),
+            refund_ratio: 0.1,
+            shape: OrderShape {
+                network: chains(7, 10),
+                ..OrderShape::default()
+            },
+        };
+        let mut seen = [false; 11];
+        for n in 0..500 {
+            let g = gen.order(n);
+            assert!((1..=10).contains(&g.levels));
+            seen[g.levels] = true;
+            assert_eq!(
+                g.order.buyer.split('-').nth(3),
+                Some(g.levels.to_string().as_str())
+            );
+        }
+        assert!(seen[1..].iter().all(|&s| s), "{seen:?}");
+    }
+
+    #[test]
+    fn account_orders_all_pay_the_root_of_chain_zero() {
+        use crate::domain::engine::{self, Context, Inputs};
+        use crate::domain::network::{NetworkSnapshot, PromoterNode, Status};
+        use crate::domain::split::Account;
+        for (net, doc) in [
+            (Network::Classic, SETUP_RULESET.to_string()),
+            (chains(100, 10), ruleset_document(20)),
+        ] {
+            let rs = crate::domain::ruleset::compile(&doc).ruleset.unwrap();
+            let gen = OrderGen {
+                seed: 1,
+                prefix: "bench-acct".into(),
+                refund_ratio: 0.5,
+                shape: OrderShape {
+                    lines: Some(2),
+                    network: net,
+                    ..OrderShape::default()
+                },
+            };
+            let account = net.account();
+            let mut ids = std::collections::HashSet::new();
+            let mut depths = std::collections::BTreeSet::new();
+            for n in 0..100 {
+                let g = gen.account_order(n);
+                assert!(ids.insert(g.order.id.clone()), "ids are unique");
+                assert_eq!(g.order.lines.len(), 2);
+                assert!(g.refund.is_none());
+                depths.insert(g.levels);
+                let order = Order::parse(&raw_order(&g.order).unwrap(), "order").unwrap();
+                // The buyer's promoter is at depth `levels` of chain 0; the root is paid.
+                assert_eq!(
+                    g.order.buyer.split('-').nth(2),
+                    Some(if net == Network::Classic { "000" } else { "0" })
+                );
+                let mut snap = NetworkSnapshot::default();
+                for d in 1..=g.levels {
+                    snap.insert(PromoterNode {
+                        id: net.promoter(0, d),
+                        parent: (d > 1).then(|| net.promoter(0, d - 1)),
+                        grade: None,
+                        status: Status::Active,
+                    });
+                }
+                snap.bound = Some(net.promoter(0, g.levels));
+                let inputs = Inputs {
+                    network: &snap,
+                    context: Context::default(),
+                    ruleset_version: 1,
+                    fingerprint: String::new(),
+                    now: chrono::Utc::now(),
+                };
+                let r = engine::compute(&order, &rs, &inputs).expect("computes");
+                assert!(
+                    r.totals.iter().any(|t| t.account == Account::Promoter(net.promoter(0, 1))
+                        && t.amount > 0),
+                    "order {n} pays {account}"
+                );
+            }
+            assert_eq!(depths.into_iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+            assert_eq!(account, format!("promoter:{}", net.promoter(0, 1)));
+        }
+    }
+
+    #[test]
+    fn generated_network_is_imported_in_whole_chains_parents_first() {
+        // 1,000 promoters in chains of 10, from promoter 300 on, ~60 items per call.
+        let calls = import_calls(100, 10, 300, 60);
+        assert_eq!(calls.first(), Some(&(30..33)));
+        assert_eq!(calls.last(), Some(&(99..100)));
+        let covered: Vec<usize> = calls.iter().flat_map(|r| r.clone()).collect();
+        assert_eq!(covered, (30..100).collect::<Vec<_>>());
+        // A batch smaller than one chain still makes progress, one chain per call.
+        assert_eq!(import_calls(3, 10, 0, 1), vec![0..1, 1..2, 2..3]);
+        // 1M promoters at the default batch: 20 calls of 5,000 chains.
+        assert_eq!(import_calls(100_000, 10, 0, 100_000).len(), 20);
+
+        let mut promoters = std::collections::HashSet::new();
+        let mut bindings = 0;
+        for range in &calls {
+            for it in network_items(range.clone(), 10) {
+                match it.item.unwrap() {
+                    pb::import_network_request::Item::Promoter(p) => {
+                        let parent = p.parent.unwrap();
+                        assert!(parent.is_empty() || promoters.contains(&parent));
+                        assert_eq!(parent.is_empty(), p.id.ends_with("-1"));
+                        promoters.insert(p.id);
+                    }
+                    pb::import_network_request::Item::Binding(b) => {
+                        assert!(promoters.contains(&b.promoter));
+                        bindings += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(promoters.len(), 700);
+        assert_eq!(bindings, 700);
+        let net = chains(100, 10);
+        assert!(promoters.contains(&net.promoter(99, 10)));
+        assert!(!promoters.contains(&net.promoter(29, 10)));
+    }
+
+    #[test]
+    fn generated_rule_sets_pay_every_order_by_the_default_rule() {
+        use crate::domain::engine::{self, Context, Inputs};
+        use crate::domain::network::{NetworkSnapshot, PromoterNode, Status};
+        use crate::domain::split::Account;
+        for rules in [1, 2, 20, 1000] {
+            let doc = ruleset_document(rules);
+            assert!(doc.len() <= crate::domain::ruleset::MAX_DOCUMENT_BYTES);
+            let c = crate::domain::ruleset::compile(&doc);
+            assert!(c.errors.is_empty(), "{rules} rules: {:?}", c.errors);
+            let rs = c.ruleset.unwrap();
+            assert_eq!(rs.rules.len(), rules);
+            assert_eq!(rs.max_levels as usize, MAX_LEVELS);
+            let net = chains(50, 10);
+            let gen = OrderGen {
+                seed: 11,
+                prefix: "bench-rules".into(),
+                refund_ratio: 0.0,
+                shape: OrderShape {
+                    lines: Some(3),
+                    levels: Some(10),
+                    network: net,
+                },
+            };
+            for n in 0..40 {
+                let g = gen.order(n);
+                let order = Order::parse(&raw_order(&g.order).unwrap(), "order").unwrap();
+                let chain: usize = g.order.buyer.split('-').nth(2).unwrap().parse().unwrap();
+                let mut snap = NetworkSnapshot::default();
+                for d in 1..=10 {
+                    snap.insert(PromoterNode {
+                        id: net.promoter(chain, d),
+                        parent: (d > 1).then(|| net.promoter(chain, d - 1)),
+                        grade: None,
+                        status: Status::Active,
+                    });
+                }
+                snap.bound = Some(net.promoter(chain, 10));
+                let inputs = Inputs {
+                    network: &snap,
+                    context: Context::default(),
+                    ruleset_version: 1,
+                    fingerprint: String::new(),
+                    now: chrono::Utc::now(),
+                };
+                let r = engine::compute(&order, &rs, &inputs).expect("computes");
+                let pieces: Vec<_> = r
+                    .lines
+                    .iter()
+                    .flat_map(|l| &l.shares)
+                    .flat_map(|s| &s.explanations)
+                    .filter(|e| e.level >= 1)
+                    .collect();
+                assert!(!pieces.is_empty());
+                assert!(
+                    pieces.iter().all(|e| e.rule_id == "default"),
+                    "{rules} rules, order {n}"
+                );
+                let promoters = r
+                    .totals
+                    .iter()
+                    .filter(|t| matches!(t.account, Account::Promoter(_)))
+                    .count();
+                assert_eq!(promoters, 10, "ten levels paid");
+            }
+        }
+    }
+
+    #[test]
+    fn a_grpc_frame_is_a_flag_a_big_endian_length_and_the_message() {
+        use prost::Message as _;
+        assert_eq!(grpc_frame(&[]), [0, 0, 0, 0, 0]);
+        let req = pb::GetUplineRequest {
+            promoter: "net-p-7-10".into(),
+            max_depth: 10,
+        };
+        let frame = grpc_frame(&req.encode_to_vec());
+        assert_eq!(frame[0], 0);
+        let len = u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - 5);
+        assert_eq!(pb::GetUplineRequest::decode(&frame[5..]).unwrap(), req);
     }
 
     #[test]

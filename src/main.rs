@@ -55,7 +55,7 @@ enum Command {
         file: PathBuf,
     },
     /// Load-generate against a running server and report throughput and latency.
-    Bench(prorata::loadgen::BenchArgs),
+    Bench(Box<prorata::loadgen::BenchArgs>),
 }
 
 #[tokio::main]
@@ -87,7 +87,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let _ = rx.wait_for(|v| *v).await;
                 }
             };
-            let mut tasks = Vec::new();
+            let mut tasks = vec![tokio::spawn(events::partition_keeper(
+                store.clone(),
+                until_stopped(),
+            ))];
             if settings.nats_url.is_empty() {
                 tasks.push(tokio::spawn(events::outbox_janitor(
                     store,
@@ -166,7 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => {
             telemetry::init("text", "warn");
-            let s = prorata::loadgen::run(args).await?;
+            let s = prorata::loadgen::run(*args).await?;
             Ok(if s.ok > 0 {
                 ExitCode::SUCCESS
             } else {
