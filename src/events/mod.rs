@@ -109,6 +109,27 @@ pub async fn connect(s: &EventSettings) -> anyhow::Result<jetstream::Context> {
     Ok(js)
 }
 
+/// How often the month partitions ahead are prepared (PostgreSQL).
+pub const PARTITION_PERIOD: Duration = Duration::from_secs(3600);
+
+/// Prepares the month partitions around now at start and every [`PARTITION_PERIOD`], so
+/// that a new month's rows never land in the DEFAULT partition.
+pub async fn partition_keeper(store: Arc<dyn Store>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(PARTITION_PERIOD);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        match store.prepare_months(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(made) => tracing::info!(made, "prepared month partitions"),
+            Err(e) => tracing::warn!(error = %e, "preparing month partitions failed"),
+        }
+    }
+}
+
 /// With no broker configured, keeps the outbox at `max_rows` events: the oldest beyond it
 /// are dropped with a warning that says how many (`outbox_pending`, `outbox_dropped`).
 pub async fn outbox_janitor(

@@ -501,6 +501,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the oldest events beyond the newest `keep` (published or not); returns how
     /// many were deleted. Used only when no broker is configured, to bound the outbox.
     async fn outbox_prune(&self, keep: i64) -> Result<u64>;
+    /// Makes sure the month partitions around `now` exist (one month back, two ahead) and
+    /// returns how many were made. PostgreSQL only; the embedded SQLite file has none.
+    async fn prepare_months(&self, _now: DateTime<Utc>) -> Result<u32> {
+        Ok(0)
+    }
     /// Order ids after `after`, ascending.
     async fn order_ids(&self, after: &str, limit: u32) -> Result<Vec<String>>;
     /// Everything stored about an order.

@@ -216,7 +216,7 @@ async fn outbox_insert(
     body: &str,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO outbox (event_id, kind, key, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING")
+    sqlx::query("INSERT INTO outbox (event_id, kind, key, body, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
         .bind(event_id)
         .bind(kind)
         .bind(key)
@@ -458,6 +458,35 @@ async fn read_volume(pool: &PgPool, kind: &str, subject: &str, plan: &SplitPlan)
     Ok(v.unwrap_or(0))
 }
 
+/// A stored split by order id: the key names the month, so only that month's partition
+/// of `splits` is read.
+const SPLIT_BY_ORDER: &str = "SELECT s.fingerprint, s.result FROM split_keys k
+     LEFT JOIN splits s ON s.order_id = k.order_id AND s.paid_at = k.paid_at WHERE k.order_id = $1";
+
+/// The stored split of an order; an order whose month was detached (archived) is
+/// FAILED_PRECONDITION, never computed again.
+async fn stored_split<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+    order_id: &str,
+) -> Result<Option<StoredSplit>> {
+    let Some(r) = sqlx::query(SPLIT_BY_ORDER)
+        .bind(order_id)
+        .fetch_optional(exec)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(result) = r.try_get::<Option<String>, _>("result")? else {
+        return Err(StoreError::FailedPrecondition(format!(
+            "order {order_id} is stored in a month that was archived (its partition is detached)"
+        )));
+    };
+    Ok(Some(StoredSplit {
+        fingerprint: r.try_get("fingerprint")?,
+        result: decode_result(&result)?,
+    }))
+}
+
 /// One Compute inside an open transaction: the body shared by single and group commits.
 async fn commit_one(
     tx: &mut Transaction<'_, Postgres>,
@@ -465,15 +494,7 @@ async fn commit_one(
     compute: ComputeFn<'_>,
 ) -> Result<CommitOutcome> {
     order_lock(tx, &plan.order_id).await?;
-    let existing = sqlx::query("SELECT fingerprint, result FROM splits WHERE order_id = $1")
-        .bind(&plan.order_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    if let Some(r) = existing {
-        let stored = StoredSplit {
-            fingerprint: r.try_get("fingerprint")?,
-            result: decode_result(r.try_get("result")?)?,
-        };
+    if let Some(stored) = stored_split(&mut **tx, &plan.order_id).await? {
         return Ok(CommitOutcome::Existing(stored));
     }
     // Counters in a fixed order (merchant, then promoter) in every transaction, so
@@ -499,6 +520,11 @@ async fn commit_one(
     };
     let result = compute(&ctx)?;
     let json = encode_result(&result)?;
+    sqlx::query("INSERT INTO split_keys (order_id, paid_at) VALUES ($1, $2)")
+        .bind(&result.order_id)
+        .bind(result.paid_at)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query(
         "INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version, paid,
                              sales, primary_promoter, month, result, created_at)
@@ -716,17 +742,7 @@ impl Store for PgStore {
     }
 
     async fn get_split(&self, order_id: &str) -> Result<Option<StoredSplit>> {
-        let row = sqlx::query("SELECT fingerprint, result FROM splits WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(StoredSplit {
-                fingerprint: r.try_get("fingerprint")?,
-                result: decode_result(r.try_get("result")?)?,
-            })
-        })
-        .transpose()
+        stored_split(&self.pool, order_id).await
     }
 
     async fn read_context(&self, plan: &SplitPlan) -> Result<Context> {
@@ -834,10 +850,7 @@ impl Store for PgStore {
         // The order's lock: refunds and redemptions of one order (and its Compute) queue.
         order_lock(&mut tx, req.order_id()).await?;
         let kind = kind_name(req.kind());
-        let split_row = sqlx::query("SELECT result FROM splits WHERE order_id = $1")
-            .bind(req.order_id())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let split_row = stored_split(&mut *tx, req.order_id()).await?;
         let existing = sqlx::query(
             "SELECT order_id, fingerprint, body FROM movements WHERE kind = $1 AND id = $2",
         )
@@ -845,13 +858,12 @@ impl Store for PgStore {
         .bind(req.id())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(split_row) = split_row else {
+        let Some(StoredSplit { result: split, .. }) = split_row else {
             return Err(StoreError::NotFound(format!(
                 "no split is stored for order {}",
                 req.order_id()
             )));
         };
-        let split = decode_result(split_row.try_get("result")?)?;
         let fp = req.fingerprint(&split)?;
         if let Some(e) = existing {
             let (order, stored_fp): (String, String) =
@@ -1044,12 +1056,16 @@ impl Store for PgStore {
             .iter()
             .flat_map(|(_, ids)| ids.iter().copied())
             .collect();
-        sqlx::query("INSERT INTO payout_entries (batch_id, account, entry_id) SELECT $1, a, e FROM UNNEST($2::text[], $3::bigint[]) AS x(a, e)")
-            .bind(batch)
-            .bind(&accounts)
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO payout_entries (batch_id, account, entry_id, entry_created_at)
+             SELECT $1, x.a, x.e, en.created_at FROM UNNEST($2::text[], $3::bigint[]) AS x(a, e)
+             JOIN entries en ON en.id = x.e",
+        )
+        .bind(batch)
+        .bind(&accounts)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
         outbox_insert(
             &mut tx,
             &format!("payout_created:{batch}"),
@@ -1168,7 +1184,7 @@ impl Store for PgStore {
     }
 
     async fn order_ids(&self, after: &str, limit: u32) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT order_id FROM splits WHERE order_id COLLATE \"C\" > $1 ORDER BY order_id COLLATE \"C\" LIMIT $2")
+        Ok(sqlx::query_scalar("SELECT order_id FROM split_keys WHERE order_id COLLATE \"C\" > $1 ORDER BY order_id COLLATE \"C\" LIMIT $2")
             .bind(after)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
@@ -1180,16 +1196,8 @@ impl Store for PgStore {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .execute(&mut *tx)
             .await?;
-        let Some(r) = sqlx::query("SELECT fingerprint, result FROM splits WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
+        let Some(split) = stored_split(&mut *tx, order_id).await? else {
             return Ok(None);
-        };
-        let split = StoredSplit {
-            fingerprint: r.try_get("fingerprint")?,
-            result: decode_result(r.try_get("result")?)?,
         };
         let movements = load_movements(&mut tx, order_id).await?;
         let q = format!("SELECT e.*, ({PAYOUT_STATE_OF_ENTRY}) AS state FROM entries e WHERE e.order_id = $1 ORDER BY e.id");
@@ -1212,6 +1220,14 @@ impl Store for PgStore {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+
+    async fn prepare_months(&self, now: DateTime<Utc>) -> Result<u32> {
+        let made: i32 = sqlx::query_scalar("SELECT prorata_prepare_months($1, 1, 2)")
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(made.max(0) as u32)
     }
 
     async fn outbox_prune(&self, keep: i64) -> Result<u64> {

@@ -172,6 +172,20 @@ impl TestApp {
         }
     }
 
+    /// One text value read over the inspection connection (PostgreSQL casts with `::text`).
+    pub async fn text(&self, sql: &str) -> Option<String> {
+        match &self.db {
+            Db::Sqlite(p) => sqlx::query_scalar(sql)
+                .fetch_optional(p)
+                .await
+                .expect("query"),
+            Db::Postgres(p) => sqlx::query_scalar(sql)
+                .fetch_optional(p)
+                .await
+                .expect("query"),
+        }
+    }
+
     /// Runs a statement over the inspection connection (to prove triggers refuse it).
     pub async fn execute(&self, sql: &str) -> Result<(), sqlx::Error> {
         match &self.db {

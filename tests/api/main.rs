@@ -10,6 +10,7 @@ mod cli;
 mod concurrency;
 mod events;
 mod lifecycle;
+mod partitions;
 mod replicas;
 mod store_suite;
 mod vectors;
