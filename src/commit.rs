@@ -1,12 +1,12 @@
 //! Group commit: concurrent Compute calls share one database transaction.
 //!
 //! Each call hands its plan and engine closure to a queue; a worker takes whatever is
-//! queued (up to `max_batch`, waiting at most `wait` for more), stores the batch in one
-//! transaction — every order in its own savepoint, in the same way and with the same
-//! checks as a single commit — and answers each caller. Idempotency is unchanged (a
-//! duplicate later in the batch sees the first one's row), volume counters still move in
-//! the order results are stored, and commits stay synchronous: a caller hears back only
-//! after the transaction holding its result is durable.
+//! queued (up to `max_batch`, waiting at most `wait` for more) and the store writes the
+//! batch in one transaction with a fixed number of statements (`store::batch`), falling
+//! back to one savepoint per order if any order of it fails. Idempotency is unchanged (a
+//! duplicate later in the batch replays the first), volume counters move in the order the
+//! calls arrived, and commits stay synchronous: a caller hears back only after the
+//! transaction holding its result is durable.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,22 +29,30 @@ pub struct GroupSettings {
 }
 
 impl GroupSettings {
-    /// The default for a backend. SQLite: batches of up to 64 on its one writer.
-    /// PostgreSQL: off (every order in its own transaction). A batch takes each order's
-    /// advisory lock after earlier orders of the batch already hold shared counter rows,
-    /// so two concurrent batches can deadlock; single-order transactions cannot (each
-    /// takes its order lock before any shared row). Grouping on PostgreSQL needs a
-    /// prologue that takes every lock of the batch in one global order first.
+    /// The default for a backend: batches of up to [`MAX_BATCH`] orders, taken as they
+    /// are queued (no wait: a lone order is stored at once). SQLite has one writer, so
+    /// one worker; PostgreSQL runs [`PG_WORKERS`] batches at once, so a batch fills
+    /// while others commit. Batches lock in one global order (see `store::batch`), so
+    /// concurrent batches, on one replica or many, cannot deadlock.
     pub fn for_backend(backend: &str) -> GroupSettings {
-        let max_batch = if backend == "sqlite" { 64 } else { 1 };
         GroupSettings {
-            max_batch,
+            max_batch: MAX_BATCH,
             wait: Duration::ZERO,
-            workers: 1,
-            queue: 4096,
+            workers: if backend == "sqlite" { 1 } else { PG_WORKERS },
+            queue: QUEUE,
         }
     }
 }
+
+/// Most orders in one transaction: large enough that a batch's fixed cost (about ten
+/// statements and one fsync) is shared widely, small enough that its statements stay
+/// far below SQLite's bound-parameter limit and a batch commits in milliseconds.
+pub const MAX_BATCH: usize = 64;
+/// Concurrent batch transactions on PostgreSQL (each holds one pooled connection, of
+/// `db_max_connections`).
+pub const PG_WORKERS: usize = 4;
+/// Orders waiting for a worker; beyond it callers wait (back-pressure).
+pub const QUEUE: usize = 4096;
 
 struct Job {
     pending: PendingSplit,
@@ -116,18 +124,8 @@ async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>, s: GroupSettings) -> Option
 }
 
 async fn worker(store: Arc<dyn Store>, rx: Arc<Mutex<mpsc::Receiver<Job>>>, s: GroupSettings) {
-    while let Some(mut batch) = next_batch(&rx, s).await {
-        // One lock order inside every batch (merchant counter, promoter counter, order),
-        // so two batches rarely wait on each other; a deadlock PostgreSQL still detects
-        // fails only its order, with UNAVAILABLE.
-        batch.sort_by(|a, b| {
-            let (a, b) = (&a.pending.plan, &b.pending.plan);
-            (&a.merchant, &a.primary_promoter, &a.order_id).cmp(&(
-                &b.merchant,
-                &b.primary_promoter,
-                &b.order_id,
-            ))
-        });
+    while let Some(batch) = next_batch(&rx, s).await {
+        // Arrival order is kept: volume counters move in the order the calls came in.
         let (pendings, replies): (Vec<PendingSplit>, Vec<_>) =
             batch.into_iter().map(|j| (j.pending, j.reply)).unzip();
         match store.commit_splits(&pendings).await {

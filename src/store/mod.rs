@@ -5,6 +5,7 @@
 //! (`tests/store_suite.rs`). Results are immutable rows keyed by order id; the volume
 //! counters an order reads are moved in the same transaction that stores its result.
 
+mod batch;
 pub mod postgres;
 pub mod sqlite;
 

@@ -16,6 +16,8 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
+use std::collections::{HashMap, HashSet};
+
 use super::*;
 use crate::domain::engine::{self, Context};
 use crate::domain::grades::{self, GradeFacts};
@@ -599,6 +601,262 @@ async fn commit_one(
     Ok(CommitOutcome::Stored { result, upgraded })
 }
 
+/// Group commit in bulk (see `store::batch`): a fixed number of statements per batch.
+/// Locks are taken in one global order — order locks (sorted ids), then counter rows
+/// (sorted keys, merchant before promoter), then buyer rows (sorted) — the order every
+/// single-order transaction follows too, so concurrent batches cannot deadlock.
+async fn commit_bulk(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[PendingSplit],
+) -> Result<Vec<Result<CommitOutcome>>> {
+    let ids = batch::order_ids(batch);
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(o, 0)) FROM UNNEST($1::text[]) WITH ORDINALITY AS x(o, n) ORDER BY n",
+    )
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
+    let rows = sqlx::query(
+        "SELECT k.order_id, s.fingerprint, s.result FROM split_keys k
+         LEFT JOIN splits s ON s.order_id = k.order_id AND s.paid_at = k.paid_at
+         WHERE k.order_id = ANY($1::text[])",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut stored = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let row = match r.try_get::<Option<String>, _>("result")? {
+            Some(json) => batch::StoredRow::Split(Box::new(StoredSplit {
+                fingerprint: r.try_get("fingerprint")?,
+                result: decode_result(&json)?,
+            })),
+            None => batch::StoredRow::Archived,
+        };
+        stored.insert(r.try_get::<String, _>("order_id")?, row);
+    }
+    let claims = batch::claims(batch, &stored);
+    let mut counters = HashMap::with_capacity(claims.counters.len());
+    let mut new_buyers = HashSet::new();
+    if !claims.counters.is_empty() {
+        let (k, s, c, m) = unzip4(&claims.counters);
+        // Every counter row exists and is locked, in the order of the arrays.
+        let rows = sqlx::query(
+            "INSERT INTO volumes (kind, subject, currency, month, amount)
+             SELECT k, s, c, m, 0 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS x(k, s, c, m, n) ORDER BY n
+             ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = volumes.amount
+             RETURNING kind, subject, currency, month, amount",
+        )
+        .bind(&k)
+        .bind(&s)
+        .bind(&c)
+        .bind(&m)
+        .fetch_all(&mut **tx)
+        .await?;
+        for r in rows {
+            let kind: String = r.try_get("kind")?;
+            let kind = if kind == "merchant" {
+                "merchant"
+            } else {
+                "promoter"
+            };
+            counters.insert(
+                (
+                    kind,
+                    r.try_get("subject")?,
+                    r.try_get("currency")?,
+                    r.try_get("month")?,
+                ),
+                r.try_get::<i64, _>("amount")?,
+            );
+        }
+        let (b, o): (Vec<String>, Vec<String>) = claims.buyers.iter().cloned().unzip();
+        let won: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO buyers (buyer, first_order_id)
+             SELECT b, o FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS x(b, o, n) ORDER BY n
+             ON CONFLICT (buyer) DO NOTHING RETURNING buyer",
+        )
+        .bind(&b)
+        .bind(&o)
+        .fetch_all(&mut **tx)
+        .await?;
+        new_buyers.extend(won);
+    }
+    let plan = batch::plan(batch, stored, counters, &new_buyers)?;
+    if !plan.new.is_empty() {
+        write_new(tx, &plan).await?;
+    }
+    let mut upgraded = Vec::with_capacity(plan.new.len());
+    let by_id: HashMap<&str, &PendingSplit> = batch
+        .iter()
+        .map(|p| (p.plan.order_id.as_str(), p))
+        .collect();
+    for n in &plan.new {
+        let mut up = Vec::new();
+        if let Some(promoter) = &n.result.primary_promoter {
+            let rs = &by_id[n.result.order_id.as_str()].plan.ruleset;
+            let cause = format!("order {}", n.result.order_id);
+            if check_grade(
+                tx,
+                rs,
+                promoter,
+                &n.result.month,
+                &cause,
+                n.result.computed_at,
+            )
+            .await?
+            {
+                up.push(promoter.clone());
+            }
+        }
+        upgraded.push(up);
+    }
+    Ok(plan.outcomes(upgraded))
+}
+
+fn unzip4(keys: &[batch::CounterKey]) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
+    let mut out = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (k, s, c, m) in keys {
+        out.0.push(k.to_string());
+        out.1.push(s.clone());
+        out.2.push(c.clone());
+        out.3.push(m.clone());
+    }
+    out
+}
+
+/// The rows of a batch's new splits: one multi-row statement per table.
+async fn write_new(tx: &mut Transaction<'_, Postgres>, plan: &batch::Plan) -> Result<()> {
+    let new = &plan.new;
+    let ids: Vec<&str> = new.iter().map(|n| n.result.order_id.as_str()).collect();
+    let paid_at: Vec<DateTime<Utc>> = new.iter().map(|n| n.result.paid_at).collect();
+    sqlx::query("INSERT INTO split_keys (order_id, paid_at) SELECT * FROM UNNEST($1::text[], $2::timestamptz[])")
+        .bind(&ids)
+        .bind(&paid_at)
+        .execute(&mut **tx)
+        .await?;
+    let col =
+        |f: fn(&SplitResult) -> &str| -> Vec<&str> { new.iter().map(|n| f(&n.result)).collect() };
+    sqlx::query(
+        "INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version, paid,
+                             sales, primary_promoter, month, result, created_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                              $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[],
+                              $13::timestamptz[])",
+    )
+    .bind(&ids)
+    .bind(new.iter().map(|n| n.fingerprint.as_str()).collect::<Vec<_>>())
+    .bind(col(|r| &r.merchant))
+    .bind(col(|r| &r.buyer))
+    .bind(col(|r| &r.currency))
+    .bind(&paid_at)
+    .bind(new.iter().map(|n| n.result.ruleset_version as i64).collect::<Vec<_>>())
+    .bind(new.iter().map(|n| n.result.paid).collect::<Vec<_>>())
+    .bind(new.iter().map(|n| n.result.sales).collect::<Vec<_>>())
+    .bind(new.iter().map(|n| n.result.primary_promoter.as_deref()).collect::<Vec<_>>())
+    .bind(col(|r| &r.month))
+    .bind(new.iter().map(|n| n.json.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|n| n.result.computed_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    // Shares: one row per account per order.
+    let (mut a, mut t, mut o, mut c, mut m, mut v) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for n in new {
+        let r = &n.result;
+        for s in &r.totals {
+            a.push(s.account.to_string());
+            t.push(r.paid_at);
+            o.push(r.order_id.as_str());
+            c.push(r.currency.as_str());
+            m.push(s.amount);
+            v.push(r.ruleset_version as i64);
+        }
+    }
+    sqlx::query(
+        "INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version)
+         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])",
+    )
+    .bind(&a)
+    .bind(&t)
+    .bind(&o)
+    .bind(&c)
+    .bind(&m)
+    .bind(&v)
+    .execute(&mut **tx)
+    .await?;
+    // Ledger entries.
+    let (mut a, mut c, mut m, mut d, mut at, mut o, mut t) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for n in new {
+        for e in &n.entries {
+            a.push(e.account.to_string());
+            c.push(e.currency.as_str());
+            m.push(e.amount);
+            d.push(e.deferred);
+            at.push(e.available_at);
+            o.push(n.result.order_id.as_str());
+            t.push(n.result.computed_at);
+        }
+    }
+    sqlx::query(
+        "INSERT INTO entries (account, currency, amount, deferred, available_at, source_kind, source_id, order_id, created_at)
+         SELECT a, c, m, d, t, 'split', o, o, w
+         FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::timestamptz[], $6::text[], $7::timestamptz[])
+              WITH ORDINALITY AS x(a, c, m, d, t, o, w, n) ORDER BY n",
+    )
+    .bind(&a)
+    .bind(&c)
+    .bind(&m)
+    .bind(&d)
+    .bind(&at)
+    .bind(&o)
+    .bind(&t)
+    .execute(&mut **tx)
+    .await?;
+    // Events, in batch order (the relay publishes in outbox order).
+    sqlx::query(
+        "INSERT INTO outbox (event_id, kind, key, body, created_at)
+         SELECT 'split_computed:' || o, 'split_computed', o, b, w
+         FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS x(o, b, w, n) ORDER BY n
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(new.iter().map(|n| n.json.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|n| n.result.computed_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    // Counters: their final values (their rows are locked by this transaction).
+    let keys: Vec<batch::CounterKey> = plan.counters.iter().map(|(k, _)| k.clone()).collect();
+    let (k, s, c, mo) = unzip4(&keys);
+    sqlx::query(
+        "UPDATE volumes v SET amount = x.a
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS x(k, s, c, m, a)
+         WHERE v.kind = x.k AND v.subject = x.s AND v.currency = x.c AND v.month = x.m",
+    )
+    .bind(&k)
+    .bind(&s)
+    .bind(&c)
+    .bind(&mo)
+    .bind(plan.counters.iter().map(|(_, v)| *v).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
@@ -777,6 +1035,18 @@ impl Store for PgStore {
     }
 
     async fn commit_splits(&self, batch: &[PendingSplit]) -> Result<Vec<Result<CommitOutcome>>> {
+        let mut tx = self.pool.begin().await?;
+        match commit_bulk(&mut tx, batch).await {
+            Ok(out) => {
+                tx.commit().await?;
+                return Ok(out);
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                metrics::counter!("prorata_group_commit_fallback_total").increment(1);
+                tracing::debug!(error = %e, orders = batch.len(), "bulk commit failed: storing the batch one order per savepoint");
+            }
+        }
         let mut tx = self.pool.begin().await?;
         let mut out = Vec::with_capacity(batch.len());
         for p in batch {

@@ -17,6 +17,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
+use std::collections::{HashMap, HashSet};
+
 use super::*;
 use crate::domain::engine::{self, Context};
 use crate::domain::grades::{self, GradeFacts};
@@ -25,6 +27,7 @@ use crate::domain::lifecycle::Movement;
 use crate::domain::money::Currency;
 use crate::domain::network::PromoterNode;
 use crate::domain::ruleset::RuleSet;
+use crate::domain::split::AccountAmount;
 
 /// Connections of the read pool.
 const READ_CONNECTIONS: u32 = 8;
@@ -550,6 +553,216 @@ async fn commit_one(
     Ok(CommitOutcome::Stored { result, upgraded })
 }
 
+/// Group commit in bulk (see `store::batch`): a fixed number of statements per batch.
+/// The one writer connection serialises batches, so no lock is taken.
+async fn commit_bulk(
+    tx: &mut Transaction<'_, Sqlite>,
+    batch: &[PendingSplit],
+) -> Result<Vec<Result<CommitOutcome>>> {
+    let ids = batch::order_ids(batch);
+    let mut stored = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(MAX_ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            "SELECT order_id, fingerprint, result FROM splits WHERE order_id IN (",
+        );
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(id.as_str());
+        }
+        q.push(")");
+        for r in q.build().fetch_all(&mut **tx).await? {
+            let split = StoredSplit {
+                fingerprint: r.try_get("fingerprint")?,
+                result: decode_result(r.try_get("result")?)?,
+            };
+            stored.insert(
+                r.try_get::<String, _>("order_id")?,
+                batch::StoredRow::Split(Box::new(split)),
+            );
+        }
+    }
+    let claims = batch::claims(batch, &stored);
+    let mut counters = HashMap::with_capacity(claims.counters.len());
+    let mut new_buyers = HashSet::new();
+    for chunk in claims.counters.chunks(MAX_ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            "SELECT kind, subject, currency, month, amount FROM volumes WHERE (kind, subject, currency, month) IN (VALUES ",
+        );
+        let mut list = q.separated(", ");
+        for (k, s, c, m) in chunk {
+            list.push("(");
+            list.push_bind_unseparated(*k);
+            list.push_unseparated(", ");
+            list.push_bind_unseparated(s.as_str());
+            list.push_unseparated(", ");
+            list.push_bind_unseparated(c.as_str());
+            list.push_unseparated(", ");
+            list.push_bind_unseparated(m.as_str());
+            list.push_unseparated(")");
+        }
+        q.push(")");
+        for r in q.build().fetch_all(&mut **tx).await? {
+            let kind: String = r.try_get("kind")?;
+            let kind = if kind == "merchant" {
+                "merchant"
+            } else {
+                "promoter"
+            };
+            counters.insert(
+                (
+                    kind,
+                    r.try_get("subject")?,
+                    r.try_get("currency")?,
+                    r.try_get("month")?,
+                ),
+                r.try_get::<i64, _>("amount")?,
+            );
+        }
+    }
+    for chunk in claims.buyers.chunks(MAX_ROWS_PER_INSERT) {
+        let mut q =
+            sqlx::QueryBuilder::<Sqlite>::new("INSERT INTO buyers (buyer, first_order_id) ");
+        q.push_values(chunk, |mut b, (buyer, order)| {
+            b.push_bind(buyer.as_str()).push_bind(order.as_str());
+        });
+        q.push(" ON CONFLICT (buyer) DO NOTHING RETURNING buyer");
+        for r in q.build().fetch_all(&mut **tx).await? {
+            new_buyers.insert(r.try_get::<String, _>("buyer")?);
+        }
+    }
+    let plan = batch::plan(batch, stored, counters, &new_buyers)?;
+    write_new(tx, &plan).await?;
+    let by_id: HashMap<&str, &PendingSplit> = batch
+        .iter()
+        .map(|p| (p.plan.order_id.as_str(), p))
+        .collect();
+    let mut upgraded = Vec::with_capacity(plan.new.len());
+    for n in &plan.new {
+        let mut up = Vec::new();
+        if let Some(promoter) = &n.result.primary_promoter {
+            let rs = &by_id[n.result.order_id.as_str()].plan.ruleset;
+            let cause = format!("order {}", n.result.order_id);
+            if check_grade(
+                tx,
+                rs,
+                promoter,
+                &n.result.month,
+                &cause,
+                n.result.computed_at,
+            )
+            .await?
+            {
+                up.push(promoter.clone());
+            }
+        }
+        upgraded.push(up);
+    }
+    Ok(plan.outcomes(upgraded))
+}
+
+/// The rows of a batch's new splits: one multi-row statement per table (per
+/// [`MAX_ROWS_PER_INSERT`] rows).
+async fn write_new(tx: &mut Transaction<'_, Sqlite>, plan: &batch::Plan) -> Result<()> {
+    for chunk in plan.new.chunks(MAX_ROWS_PER_INSERT / 20) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version, paid,
+                                 sales, primary_promoter, month, result, created_at) ",
+        );
+        q.push_values(chunk, |mut b, n| {
+            let r = &n.result;
+            b.push_bind(r.order_id.as_str())
+                .push_bind(n.fingerprint.as_str())
+                .push_bind(r.merchant.as_str())
+                .push_bind(r.buyer.as_str())
+                .push_bind(r.currency.as_str())
+                .push_bind(us(r.paid_at))
+                .push_bind(r.ruleset_version as i64)
+                .push_bind(r.paid)
+                .push_bind(r.sales)
+                .push_bind(r.primary_promoter.as_deref())
+                .push_bind(r.month.as_str())
+                .push_bind(n.json.as_str())
+                .push_bind(us(r.computed_at));
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    let shares: Vec<(&SplitResult, &AccountAmount)> = plan
+        .new
+        .iter()
+        .flat_map(|n| n.result.totals.iter().map(move |t| (&n.result, t)))
+        .collect();
+    for chunk in shares.chunks(MAX_ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version) ",
+        );
+        q.push_values(chunk, |mut b, (r, t)| {
+            b.push_bind(t.account.to_string())
+                .push_bind(us(r.paid_at))
+                .push_bind(r.order_id.as_str())
+                .push_bind(r.currency.as_str())
+                .push_bind(t.amount)
+                .push_bind(r.ruleset_version as i64);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    let entries: Vec<(&SplitResult, &NewEntry)> = plan
+        .new
+        .iter()
+        .flat_map(|n| n.entries.iter().map(move |e| (&n.result, e)))
+        .collect();
+    for chunk in entries.chunks(MAX_ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO entries (account, currency, amount, deferred, available_at, source_kind, source_id, order_id, created_at) ",
+        );
+        q.push_values(chunk, |mut b, (r, e)| {
+            b.push_bind(e.account.to_string())
+                .push_bind(e.currency.as_str())
+                .push_bind(e.amount)
+                .push_bind(e.deferred)
+                .push_bind(e.available_at.map(us))
+                .push_bind("split")
+                .push_bind(r.order_id.as_str())
+                .push_bind(r.order_id.as_str())
+                .push_bind(us(r.computed_at));
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    // Events, in batch order (the relay publishes in outbox order).
+    for chunk in plan.new.chunks(MAX_ROWS_PER_INSERT / 20) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO outbox (event_id, kind, key, body, created_at) ",
+        );
+        q.push_values(chunk, |mut b, n| {
+            let r = &n.result;
+            b.push_bind(format!("split_computed:{}", r.order_id))
+                .push_bind("split_computed")
+                .push_bind(r.order_id.as_str())
+                .push_bind(n.json.as_str())
+                .push_bind(us(r.computed_at));
+        });
+        q.push(" ON CONFLICT (event_id) DO NOTHING");
+        q.build().execute(&mut **tx).await?;
+    }
+    // Counters: their final values.
+    for chunk in plan.counters.chunks(MAX_ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO volumes (kind, subject, currency, month, amount) ",
+        );
+        q.push_values(chunk, |mut b, ((k, s, c, m), v)| {
+            b.push_bind(*k)
+                .push_bind(s.as_str())
+                .push_bind(c.as_str())
+                .push_bind(m.as_str())
+                .push_bind(*v);
+        });
+        q.push(
+            " ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = excluded.amount",
+        );
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -732,6 +945,18 @@ impl Store for SqliteStore {
     }
 
     async fn commit_splits(&self, batch: &[PendingSplit]) -> Result<Vec<Result<CommitOutcome>>> {
+        let mut tx = self.writer.begin().await?;
+        match commit_bulk(&mut tx, batch).await {
+            Ok(out) => {
+                tx.commit().await?;
+                return Ok(out);
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                metrics::counter!("prorata_group_commit_fallback_total").increment(1);
+                tracing::debug!(error = %e, orders = batch.len(), "bulk commit failed: storing the batch one order per savepoint");
+            }
+        }
         let mut tx = self.writer.begin().await?;
         let mut out = Vec::with_capacity(batch.len());
         for p in batch {

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
+use prorata::domain::engine::EngineError;
 use prorata::domain::engine::{self, Context, Inputs};
 use prorata::domain::network::{NetworkSnapshot, Status};
 use prorata::domain::order::{Order, RawAmount, RawLine, RawOrder};
 use prorata::domain::{fingerprint, ruleset};
 use prorata::store::{
-    CommitOutcome, ImportItem, NewRuleSet, PromoterUpsert, SplitPlan, Store, StoreError,
+    CommitOutcome, ImportItem, NewRuleSet, PendingSplit, PromoterUpsert, SplitPlan, Store,
+    StoreError,
 };
 
 use crate::both_backends;
@@ -380,3 +382,167 @@ async fn store_refuses_a_result_that_breaks_the_money_invariant(backend: Backend
     app.shutdown().await;
 }
 both_backends!(store_refuses_a_result_that_breaks_the_money_invariant);
+
+/// Contexts the engine was called with, by order id.
+type Seen = Arc<std::sync::Mutex<Vec<(String, Context)>>>;
+
+/// A queued Compute of `o` (as the group committer builds it); `fail` makes the engine
+/// refuse it, as it refuses an order whose rule set needs a missing field.
+fn pending(o: &Order, promoter: Option<&str>, seen: &Seen, fail: bool) -> PendingSplit {
+    let rs = Arc::new(
+        ruleset::compile("rules: [{id: all, levels: ['0.10']}]\n")
+            .ruleset
+            .unwrap(),
+    );
+    let mut snap = NetworkSnapshot::default();
+    if let Some(p) = promoter {
+        snap.insert(prorata::domain::network::PromoterNode {
+            id: p.into(),
+            parent: None,
+            grade: None,
+            status: Status::Active,
+        });
+        snap.bound = Some(p.into());
+    }
+    let fp = fingerprint::of(o);
+    let plan = SplitPlan {
+        order_id: o.id.clone(),
+        fingerprint: fp.clone(),
+        merchant: o.merchant.clone(),
+        buyer: o.buyer.clone(),
+        currency: "CNY".into(),
+        month: engine::month_key(o.paid_at, &rs),
+        primary_promoter: promoter.map(Into::into),
+        sales: o.sales(),
+        paid_at: o.paid_at,
+        ruleset: rs.clone(),
+    };
+    let (o, seen) = (o.clone(), seen.clone());
+    PendingSplit {
+        plan,
+        compute: Box::new(move |ctx: &Context| {
+            seen.lock().unwrap().push((o.id.clone(), ctx.clone()));
+            if fail {
+                return Err(EngineError::MissingField(
+                    "order.lines[0].unit_cost".into(),
+                    "the profit base needs a cost".into(),
+                ));
+            }
+            engine::compute(
+                &o,
+                &rs,
+                &Inputs {
+                    network: &snap,
+                    context: ctx.clone(),
+                    ruleset_version: 1,
+                    fingerprint: fp.clone(),
+                    now: Utc::now(),
+                },
+            )
+        }),
+    }
+}
+
+fn ctx(first_order: bool, promoter: i64, merchant: i64) -> Context {
+    Context {
+        first_order,
+        promoter_month_prior: promoter,
+        merchant_month_prior: merchant,
+    }
+}
+
+async fn a_batch_stores_what_one_order_at_a_time_would_and_a_bad_order_fails_alone(
+    backend: Backend,
+) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let s = &app.store;
+    let seen: Seen = Default::default();
+    let o = |id: &str, buyer: &str, minor: i64| {
+        Order::parse(&raw(id, buyer, minor, 3), "order").unwrap()
+    };
+    // Two orders of one buyer and promoter, a duplicate id, another buyer without one.
+    let batch = vec![
+        pending(&o("O-1", "B1", 10_000), Some("P"), &seen, false),
+        pending(&o("O-2", "B1", 20_000), Some("P"), &seen, false),
+        pending(&o("O-1", "B1", 10_000), Some("P"), &seen, false),
+        pending(&o("O-3", "B2", 5_000), None, &seen, false),
+    ];
+    let out = s.commit_splits(&batch).await.unwrap();
+    assert!(matches!(out[0], Ok(CommitOutcome::Stored { .. })));
+    assert!(matches!(out[1], Ok(CommitOutcome::Stored { .. })));
+    let Ok(CommitOutcome::Existing(dup)) = &out[2] else {
+        panic!("the duplicate replays the first: {:?}", out[2]);
+    };
+    assert_eq!(dup.fingerprint, batch[0].plan.fingerprint);
+    assert!(matches!(out[3], Ok(CommitOutcome::Stored { .. })));
+    // Each order read the counters as if it had been stored alone, in batch order.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            ("O-1".to_string(), ctx(true, 0, 0)),
+            ("O-2".to_string(), ctx(false, 10_000, 10_000)),
+            ("O-3".to_string(), ctx(true, 0, 30_000)),
+        ]
+    );
+    assert_eq!(app.count("splits").await, 3);
+    assert_eq!(app.count("outbox WHERE kind = 'split_computed'").await, 3);
+    let shares: i64 = [&out[0], &out[1], &out[3]]
+        .iter()
+        .map(|o| match o {
+            Ok(CommitOutcome::Stored { result, .. }) => result.totals.len() as i64,
+            _ => unreachable!(),
+        })
+        .sum();
+    assert_eq!(app.count("split_accounts").await, shares);
+    for id in ["O-1", "O-2", "O-3"] {
+        let stored = s.get_split(id).await.unwrap().unwrap();
+        stored.result.check().unwrap();
+    }
+
+    // A batch with an order the engine refuses: it fails alone, the others are stored
+    // with the counters they would have read without it.
+    seen.lock().unwrap().clear();
+    let batch = vec![
+        pending(&o("O-1", "B1", 10_000), Some("P"), &seen, false),
+        pending(&o("O-4", "B3", 1_000), Some("P"), &seen, true),
+        pending(&o("O-5", "B3", 2_000), Some("P"), &seen, false),
+    ];
+    let out = s.commit_splits(&batch).await.unwrap();
+    assert!(matches!(out[0], Ok(CommitOutcome::Existing(_))));
+    assert!(
+        matches!(
+            out[1],
+            Err(StoreError::Engine(EngineError::MissingField(..)))
+        ),
+        "{:?}",
+        out[1]
+    );
+    assert!(matches!(out[2], Ok(CommitOutcome::Stored { .. })));
+    let last = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last, ("O-5".to_string(), ctx(true, 30_000, 35_000)));
+    assert!(s.get_split("O-4").await.unwrap().is_none());
+
+    // A full batch of 64 new orders moves the counters by exactly their sum.
+    let batch: Vec<PendingSplit> = (0..64)
+        .map(|i| {
+            pending(
+                &o(&format!("B-{i}"), &format!("C{i}"), 100 + i),
+                Some("P"),
+                &seen,
+                false,
+            )
+        })
+        .collect();
+    let out = s.commit_splits(&batch).await.unwrap();
+    assert!(out
+        .iter()
+        .all(|o| matches!(o, Ok(CommitOutcome::Stored { .. }))));
+    let (_, after) = commit(s, &o("O-6", "B9", 1), Some("P")).await;
+    let sum: i64 = (0..64).map(|i| 100 + i).sum();
+    assert_eq!(after, ctx(true, 32_000 + sum, 37_000 + sum));
+    assert_eq!(app.count("splits").await, 4 + 64 + 1);
+    app.shutdown().await;
+}
+both_backends!(a_batch_stores_what_one_order_at_a_time_would_and_a_bad_order_fails_alone);

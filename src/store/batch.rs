@@ -1,0 +1,231 @@
+//! Group commit in bulk: the part of a batched Compute that is the same on every backend.
+//!
+//! A batch of orders is stored in one transaction with a fixed number of statements,
+//! whatever its size: the backend takes every order lock (sorted), reads the stored
+//! results of all ids at once, locks and reads every volume counter the batch moves
+//! (one sorted statement), claims the buyers seen for the first time, then hands that
+//! state to [`plan`]. [`plan`] runs the engine for each order in batch order, moving the
+//! counters in memory exactly as one transaction per order would, and checks every
+//! result. The backend then writes keys, results, shares, entries, events and the final
+//! counters as one multi-row statement each.
+//!
+//! If any order of the batch fails (the engine refuses it, or a statement fails), the
+//! backend rolls the bulk attempt back and stores the batch again one order per
+//! savepoint, so one bad order never fails the others and every order gets the answer it
+//! would get alone.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{encode_result, CommitOutcome, PendingSplit, Result, StoredSplit};
+use crate::domain::engine::Context;
+use crate::domain::ledger::{self, NewEntry};
+use crate::domain::split::SplitResult;
+
+/// A volume counter row: `(kind, subject, currency, month)`. Sorted by kind first, so a
+/// batch locks merchant rows before promoter rows, the order single transactions use.
+pub(crate) type CounterKey = (&'static str, String, String, String);
+
+fn merchant_key(p: &PendingSplit) -> CounterKey {
+    let plan = &p.plan;
+    (
+        "merchant",
+        plan.merchant.clone(),
+        plan.currency.clone(),
+        plan.month.clone(),
+    )
+}
+
+fn promoter_key(p: &PendingSplit) -> Option<CounterKey> {
+    let plan = &p.plan;
+    plan.primary_promoter.as_ref().map(|id| {
+        (
+            "promoter",
+            id.clone(),
+            plan.currency.clone(),
+            plan.month.clone(),
+        )
+    })
+}
+
+/// Every distinct order id of a batch, sorted: the order locks are taken in this order.
+pub(crate) fn order_ids(batch: &[PendingSplit]) -> Vec<String> {
+    let mut ids: Vec<String> = batch.iter().map(|p| p.plan.order_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// What the orders not stored yet will lock and claim.
+#[derive(Debug, Default)]
+pub(crate) struct Claims {
+    /// Counter rows, sorted and distinct.
+    pub counters: Vec<CounterKey>,
+    /// `(buyer, first order id of that buyer in the batch)`, sorted by buyer.
+    pub buyers: Vec<(String, String)>,
+}
+
+/// The counters and buyers of the orders that `stored` does not hold yet.
+pub(crate) fn claims(batch: &[PendingSplit], stored: &HashMap<String, StoredRow>) -> Claims {
+    let mut counters = Vec::new();
+    let mut buyers: HashMap<&str, &str> = HashMap::new();
+    for p in batch
+        .iter()
+        .filter(|p| !stored.contains_key(&p.plan.order_id))
+    {
+        counters.push(merchant_key(p));
+        counters.extend(promoter_key(p));
+        buyers.entry(&p.plan.buyer).or_insert(&p.plan.order_id);
+    }
+    counters.sort();
+    counters.dedup();
+    let mut buyers: Vec<(String, String)> = buyers
+        .into_iter()
+        .map(|(b, o)| (b.to_string(), o.to_string()))
+        .collect();
+    buyers.sort();
+    Claims { counters, buyers }
+}
+
+/// A stored result as read by the batch: present, or in a month that was archived.
+#[derive(Debug)]
+pub(crate) enum StoredRow {
+    /// The stored split.
+    Split(Box<StoredSplit>),
+    /// Its month's partition is detached: refused, never computed again.
+    Archived,
+}
+
+/// One order the batch stores.
+#[derive(Debug)]
+pub(crate) struct NewSplit {
+    /// The fingerprint of the order content.
+    pub fingerprint: String,
+    /// The checked result.
+    pub result: SplitResult,
+    /// Its JSON, exactly as stored and published.
+    pub json: String,
+    /// Its ledger entries.
+    pub entries: Vec<NewEntry>,
+}
+
+/// What a batch writes and answers.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// The orders to store, in batch order.
+    pub new: Vec<NewSplit>,
+    /// Final value of every counter the batch moved.
+    pub counters: Vec<(CounterKey, i64)>,
+    /// Per order of the batch: what it gets, by index into `new` when it is stored here.
+    pub answers: Vec<Answer>,
+}
+
+/// The answer of one order of a batch.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// Stored by this batch: `new[i]`.
+    New(usize),
+    /// Stored before, or earlier in this batch.
+    Existing(Box<StoredSplit>),
+    /// Stored in an archived month.
+    Archived(String),
+}
+
+/// Runs the engine for every order of the batch against the state read in the
+/// transaction. `counters` holds the value read for every key of [`claims`]; `new_buyers`
+/// the buyers whose claim this transaction won. An `Err` means some order failed: the
+/// caller falls back to one savepoint per order.
+pub(crate) fn plan(
+    batch: &[PendingSplit],
+    mut stored: HashMap<String, StoredRow>,
+    mut counters: HashMap<CounterKey, i64>,
+    new_buyers: &HashSet<String>,
+) -> Result<Plan> {
+    let mut out = Plan::default();
+    let mut first_seen: HashSet<&str> = HashSet::new();
+    let mut moved: HashSet<CounterKey> = HashSet::new();
+    for p in batch {
+        let id = &p.plan.order_id;
+        match stored.get(id) {
+            Some(StoredRow::Split(s)) => {
+                out.answers.push(Answer::Existing(s.clone()));
+                continue;
+            }
+            Some(StoredRow::Archived) => {
+                out.answers.push(Answer::Archived(id.clone()));
+                continue;
+            }
+            None => {}
+        }
+        let mk = merchant_key(p);
+        let pk = promoter_key(p);
+        let read = |k: &CounterKey| counters.get(k).copied().unwrap_or(0);
+        let ctx = Context {
+            first_order: new_buyers.contains(&p.plan.buyer)
+                && first_seen.insert(p.plan.buyer.as_str()),
+            merchant_month_prior: read(&mk),
+            promoter_month_prior: pk.as_ref().map(read).unwrap_or(0),
+        };
+        first_seen.insert(p.plan.buyer.as_str());
+        let result = (p.compute)(&ctx)?;
+        let json = encode_result(&result)?;
+        for k in std::iter::once(mk).chain(pk) {
+            let v = counters.entry(k.clone()).or_insert(0);
+            *v = v.checked_add(p.plan.sales).ok_or_else(|| {
+                super::StoreError::Database(format!("volume counter {k:?} overflows"))
+            })?;
+            moved.insert(k);
+        }
+        let split = StoredSplit {
+            fingerprint: p.plan.fingerprint.clone(),
+            result,
+        };
+        // A later duplicate of this id in the batch replays it.
+        stored.insert(id.clone(), StoredRow::Split(Box::new(split.clone())));
+        out.answers.push(Answer::New(out.new.len()));
+        out.new.push(NewSplit {
+            entries: ledger::split_entries(&split.result),
+            fingerprint: split.fingerprint,
+            result: split.result,
+            json,
+        });
+    }
+    let mut moved: Vec<CounterKey> = moved.into_iter().collect();
+    moved.sort();
+    out.counters = moved
+        .into_iter()
+        .map(|k| {
+            let v = counters[&k];
+            (k, v)
+        })
+        .collect();
+    Ok(out)
+}
+
+impl Plan {
+    /// The outcome of every order, in batch order; `upgraded` lists, per new split, the
+    /// promoters whose grade it raised.
+    pub(crate) fn outcomes(self, mut upgraded: Vec<Vec<String>>) -> Vec<Result<CommitOutcome>> {
+        let mut new: Vec<Option<NewSplit>> = self.new.into_iter().map(Some).collect();
+        self.answers
+            .into_iter()
+            .map(|a| match a {
+                Answer::New(i) => {
+                    let n = new[i].take().expect("each new split is answered once");
+                    Ok(CommitOutcome::Stored {
+                        result: n.result,
+                        upgraded: std::mem::take(&mut upgraded[i]),
+                    })
+                }
+                Answer::Existing(s) => Ok(CommitOutcome::Existing(*s)),
+                Answer::Archived(id) => Err(archived(&id)),
+            })
+            .collect()
+    }
+}
+
+/// The error of an order stored in a detached month.
+pub(crate) fn archived(order_id: &str) -> super::StoreError {
+    super::StoreError::FailedPrecondition(format!(
+        "order {order_id} is stored in a month that was archived (its partition is detached)"
+    ))
+}
