@@ -112,8 +112,8 @@ pub type AppResult<T> = Result<T, AppError>;
 /// The outcome of Compute.
 #[derive(Debug, Clone)]
 pub struct Computed {
-    /// The stored result.
-    pub result: SplitResult,
+    /// The stored result (shared with the result cache on a replay).
+    pub result: Arc<SplitResult>,
     /// True when it was stored by an earlier call.
     pub replayed: bool,
 }
@@ -306,7 +306,7 @@ impl App {
         order_id: &str,
         fp: &str,
         stored_fp: &str,
-        result: SplitResult,
+        result: Arc<SplitResult>,
     ) -> AppResult<Computed> {
         if stored_fp == fp {
             Ok(Computed {
@@ -337,8 +337,8 @@ impl App {
     async fn compute_inner(&self, raw: &RawOrder) -> AppResult<Computed> {
         let order = Order::parse(raw, "order")?;
         let fp = fingerprint::of(&order);
-        if let Some(stored) = self.store.get_split(&order.id).await? {
-            return Self::replay(&order.id, &fp, &stored.fingerprint, stored.result);
+        if let Some(stored) = self.cache.stored_split(&order.id).await? {
+            return Self::replay(&order.id, &fp, &stored.fingerprint, stored.result.clone());
         }
         let published = self.select(&order)?;
         let rs = published.ruleset.clone();
@@ -386,13 +386,16 @@ impl App {
                     self.cache.invalidate_promoter(&p).await;
                 }
                 Ok(Computed {
-                    result,
+                    result: Arc::new(result),
                     replayed: false,
                 })
             }
-            CommitOutcome::Existing(stored) => {
-                Self::replay(&order_id, &fp_check, &stored.fingerprint, stored.result)
-            }
+            CommitOutcome::Existing(stored) => Self::replay(
+                &order_id,
+                &fp_check,
+                &stored.fingerprint,
+                Arc::new(stored.result),
+            ),
         }
     }
 
@@ -446,11 +449,11 @@ impl App {
         Ok((result, warnings))
     }
 
-    /// A stored split.
-    pub async fn get_split(&self, order_id: &str) -> AppResult<SplitResult> {
+    /// A stored split (through the result cache).
+    pub async fn get_split(&self, order_id: &str) -> AppResult<Arc<SplitResult>> {
         order::check_id("order_id", order_id)?;
-        match self.store.get_split(order_id).await? {
-            Some(s) => Ok(s.result),
+        match self.cache.stored_split(order_id).await? {
+            Some(s) => Ok(s.result.clone()),
             None => Err(AppError::NotFound(format!(
                 "no split is stored for order {order_id}"
             ))),

@@ -40,6 +40,8 @@ pub struct Settings {
     pub cache_bindings: u64,
     /// Longest a cache entry lives, ms.
     pub cache_ttl_ms: u64,
+    /// Most bytes of stored results held in process for replays and GetSplit.
+    pub cache_splits_bytes: u64,
     /// Redis URL of the shared cache (`redis://127.0.0.1:6379`); empty: in-process only.
     pub redis_url: String,
     /// NATS server URL (`nats://127.0.0.1:4222`); empty: no broker, the outbox accumulates.
@@ -76,6 +78,7 @@ impl Settings {
             .set_default("cache_promoters", 2_000_000)?
             .set_default("cache_bindings", 2_000_000)?
             .set_default("cache_ttl_ms", 60_000)?
+            .set_default("cache_splits_bytes", crate::cache::DEFAULT_SPLITS_BYTES)?
             .set_default("redis_url", "")?
             .set_default("nats_url", "")?
             .set_default("relay_enabled", true)?
@@ -99,6 +102,7 @@ impl Settings {
             promoters_capacity: self.cache_promoters,
             bindings_capacity: self.cache_bindings,
             ttl: Duration::from_millis(self.cache_ttl_ms),
+            splits_bytes: self.cache_splits_bytes,
             redis_url: (!self.redis_url.is_empty()).then(|| self.redis_url.clone()),
         }
     }

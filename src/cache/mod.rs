@@ -5,6 +5,11 @@
 //! versions are immutable: the catalog is reloaded after a publish and refreshed in the
 //! background so versions published by other replicas arrive too. Loading is stampede-safe:
 //! concurrent misses for one key run one store query.
+//!
+//! Stored results are immutable, so a replica may keep one as long as it likes: the
+//! result cache needs no invalidation and no Redis level. It is filled when a result is
+//! first read back (a replay or a GetSplit), not when it is stored — most orders are never
+//! replayed — and it is bounded by an estimate of the bytes it holds.
 
 pub mod shared;
 
@@ -18,6 +23,7 @@ use shared::{Invalidation, Shared};
 use crate::domain::catalog::Published;
 use crate::domain::network::PromoterNode;
 use crate::domain::ruleset;
+use crate::domain::split::SplitResult;
 use crate::store::{Store, StoreError, StoredRuleSet};
 
 /// Cache sizes and lifetimes.
@@ -31,6 +37,8 @@ pub struct CacheSettings {
     pub ttl: Duration,
     /// Redis URL of the shared level; `None`: in-process only.
     pub redis_url: Option<String>,
+    /// Most bytes (estimated, see [`split_weight`]) of stored results held for replays.
+    pub splits_bytes: u64,
 }
 
 impl Default for CacheSettings {
@@ -40,8 +48,35 @@ impl Default for CacheSettings {
             bindings_capacity: 2_000_000,
             ttl: Duration::from_secs(60),
             redis_url: None,
+            splits_bytes: DEFAULT_SPLITS_BYTES,
         }
     }
+}
+
+/// Default bound of the result cache: 64 MiB holds about 30,000 typical 2-line results.
+pub const DEFAULT_SPLITS_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A stored result as the replay cache holds it.
+#[derive(Debug)]
+pub struct CachedSplit {
+    /// Fingerprint of the order content it was computed from.
+    pub fingerprint: String,
+    /// The result exactly as stored (checked when it was read).
+    pub result: Arc<SplitResult>,
+}
+
+/// Estimated heap bytes of a cached result: its strings and vectors, per element.
+pub fn split_weight(key: &str, s: &CachedSplit) -> u32 {
+    let r = &s.result;
+    let shares: usize = r.lines.iter().map(|l| 96 + 112 * l.shares.len()).sum();
+    let notes: usize = r.notes.iter().map(|n| 24 + n.len()).sum();
+    let bytes = 512
+        + key.len()
+        + shares
+        + notes
+        + 80 * r.totals.len()
+        + 96 * (r.chain.len() + r.attribution.len());
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
 /// Published versions with their compiled rule sets.
@@ -58,6 +93,7 @@ pub struct Caches {
     store: Arc<dyn Store>,
     promoters: Cache<String, Option<Arc<PromoterNode>>>,
     bindings: Cache<String, Option<String>>,
+    splits: Cache<String, Arc<CachedSplit>>,
     catalog: RwLock<Arc<Catalog>>,
     shared: Option<Arc<Shared>>,
 }
@@ -91,6 +127,10 @@ impl Caches {
                 .max_capacity(s.bindings_capacity)
                 .time_to_live(s.ttl)
                 .build(),
+            splits: Cache::builder()
+                .max_capacity(s.splits_bytes)
+                .weigher(|k: &String, v: &Arc<CachedSplit>| split_weight(k, v))
+                .build(),
             catalog: RwLock::new(Arc::new(Catalog::default())),
             shared: shared.clone(),
         });
@@ -103,6 +143,47 @@ impl Caches {
     /// `None` without Redis; otherwise whether Redis answers now.
     pub fn redis_healthy(&self) -> Option<bool> {
         self.shared.as_ref().map(|s| s.healthy())
+    }
+
+    /// The stored result of an order, from the result cache or the store; a result read
+    /// from the store is cached. Concurrent misses for one order run one store read.
+    pub async fn stored_split(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<Arc<CachedSplit>>, StoreError> {
+        if let Some(hit) = self.splits.get(order_id).await {
+            return Ok(Some(hit));
+        }
+        let store = self.store.clone();
+        let key = order_id.to_string();
+        // "Not stored" travels as an error: moka caches values only, so an order stored
+        // a moment later is found by the next call.
+        let got = self
+            .splits
+            .try_get_with(key.clone(), async move {
+                match store.get_split(&key).await {
+                    Ok(Some(s)) => Ok(Arc::new(CachedSplit {
+                        fingerprint: s.fingerprint,
+                        result: Arc::new(s.result),
+                    })),
+                    Ok(None) => Err(None),
+                    Err(e) => Err(Some(e)),
+                }
+            })
+            .await;
+        match got {
+            Ok(hit) => Ok(Some(hit)),
+            // The error may be shared with concurrent callers: rebuilt, of the same kind.
+            Err(e) => match &*e {
+                None => Ok(None),
+                Some(StoreError::Unavailable(m)) => Err(StoreError::Unavailable(m.clone())),
+                Some(StoreError::FailedPrecondition(m)) => {
+                    Err(StoreError::FailedPrecondition(m.clone()))
+                }
+                Some(StoreError::Corrupt(m)) => Err(StoreError::Corrupt(m.clone())),
+                Some(other) => Err(StoreError::Database(other.to_string())),
+            },
+        }
     }
 
     /// A promoter, from the local cache, Redis, or the store (in that order).
