@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::cache::{CacheSettings, Caches};
+use crate::cache::{CacheSettings, CachedSplit, Caches};
 use crate::commit::{GroupCommitter, GroupSettings};
 use crate::domain::catalog::{self, Published};
 use crate::domain::engine::{self, Attributed, EngineError, Inputs, Level};
@@ -337,7 +337,10 @@ impl App {
     async fn compute_inner(&self, raw: &RawOrder) -> AppResult<Computed> {
         let order = Order::parse(raw, "order")?;
         let fp = fingerprint::of(&order);
-        if let Some(stored) = self.cache.stored_split(&order.id).await? {
+        // A replay the result cache holds is answered here. Otherwise the order goes to
+        // the commit, which reads every stored id of its batch under the order locks
+        // anyway: no separate read per order.
+        if let Some(stored) = self.cache.cached_split(&order.id).await {
             return Self::replay(&order.id, &fp, &stored.fingerprint, stored.result.clone());
         }
         let published = self.select(&order)?;
@@ -390,12 +393,19 @@ impl App {
                     replayed: false,
                 })
             }
-            CommitOutcome::Existing(stored) => Self::replay(
-                &order_id,
-                &fp_check,
-                &stored.fingerprint,
-                Arc::new(stored.result),
-            ),
+            CommitOutcome::Existing(stored) => {
+                let cached = Arc::new(CachedSplit {
+                    fingerprint: stored.fingerprint,
+                    result: Arc::new(stored.result),
+                });
+                self.cache.remember_split(&order_id, cached.clone()).await;
+                Self::replay(
+                    &order_id,
+                    &fp_check,
+                    &cached.fingerprint,
+                    cached.result.clone(),
+                )
+            }
         }
     }
 

@@ -126,6 +126,7 @@ async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>, s: GroupSettings) -> Option
 async fn worker(store: Arc<dyn Store>, rx: Arc<Mutex<mpsc::Receiver<Job>>>, s: GroupSettings) {
     while let Some(batch) = next_batch(&rx, s).await {
         // Arrival order is kept: volume counters move in the order the calls came in.
+        metrics::histogram!("prorata_group_commit_batch_orders").record(batch.len() as f64);
         let (pendings, replies): (Vec<PendingSplit>, Vec<_>) =
             batch.into_iter().map(|j| (j.pending, j.reply)).unzip();
         match store.commit_splits(&pendings).await {

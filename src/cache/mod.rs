@@ -145,6 +145,16 @@ impl Caches {
         self.shared.as_ref().map(|s| s.healthy())
     }
 
+    /// The stored result of an order if the result cache holds it (no store read).
+    pub async fn cached_split(&self, order_id: &str) -> Option<Arc<CachedSplit>> {
+        self.splits.get(order_id).await
+    }
+
+    /// Caches a stored result read by a commit (a replay that missed the cache).
+    pub async fn remember_split(&self, order_id: &str, split: Arc<CachedSplit>) {
+        self.splits.insert(order_id.to_string(), split).await;
+    }
+
     /// The stored result of an order, from the result cache or the store; a result read
     /// from the store is cached. Concurrent misses for one order run one store read.
     pub async fn stored_split(
