@@ -283,7 +283,7 @@ if want b; then
 stage "B: PostgreSQL (Compute, replay, ListSplits)"
 psql_pg postgres -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)"
 psql_pg postgres -c "CREATE DATABASE $PG_DB"
-start_server b "$PB" PRORATA_DATABASE_URL="$PG/$PG_DB"
+start_server b "$PB" PRORATA_DATABASE_URL="$PG/$PG_DB" PRORATA_METRICS_ADDR="127.0.0.1:$((PORT + 10))"
 setup_only b-setup "$PB" --setup
 bench b-empty-c64 "$PB" --scenario empty
 C=1 N=1 bench b-empty-c1 "$PB" --scenario empty
@@ -291,6 +291,13 @@ C=1 N=1 bench b-empty-c1 "$PB" --scenario empty
 # PostgreSQL is still writing out an earlier stage's WAL.
 psql_pg "$PG_DB" -c CHECKPOINT
 bench b-compute-c64 "$PB" --scenario compute --lines 2 --refund-ratio 0
+# The batches group commit formed during the Compute run (mean orders per transaction):
+# pgbench below runs batches of that size.
+curl -s "http://127.0.0.1:$((PORT + 10))/metrics" >"$OUT/pgbench/server-metrics.txt"
+awk '/^prorata_group_commit_batch_orders_sum/ {s=$2} /^prorata_group_commit_batch_orders_count/ {c=$2}
+     END {if (c > 0) printf "%d %d %.0f\n", s, c, s / c; else print "0 0 1"}' \
+  "$OUT/pgbench/server-metrics.txt" >"$OUT/pgbench/batches.txt"
+log "group commit during b-compute-c64 (orders, batches, mean): $(cat "$OUT/pgbench/batches.txt")"
 bench b-replay-c64 "$PB" --scenario replay
 setup_only b-account "$PB" --account-orders "$ACCOUNT_ORDERS" --lines 2
 bench b-list-c64 "$PB" --scenario list-splits
@@ -316,7 +323,24 @@ PAYLOADS=$(psql_pg "$PGBENCH_DB" -c "SELECT count(*) FROM bench_payloads")
 # Which schema `prorata migrate` made (see the top of compute.sql).
 PARTITIONED=$(psql_pg "$PGBENCH_DB" -c "SELECT (to_regclass('split_keys') IS NOT NULL)::int")
 log "pgbench schema: split_keys and month partitions: $PARTITIONED"
-# Same concurrency as the gRPC run (64 clients), and as the server's pool (16).
+# The batched statements at the server's concurrency in the database: PG_WORKERS (4)
+# batch transactions at once, each of the mean batch the server formed.
+psql_pg "$PGBENCH_DB" -f benches/pgbench/batch_setup.sql
+BATCH=$(awk '{print $3}' "$OUT/pgbench/batches.txt" 2>/dev/null || echo 16)
+[ "${BATCH:-0}" -ge 1 ] || BATCH=16
+for c in 4; do
+  psql_pg "$PGBENCH_DB" -c CHECKPOINT
+  SRV=0; cpu_mark
+  { time pgbench -n -M prepared -c "$c" -j 2 -T "$PGB_T" -D run="$(date +%s)$c" -D batch="$BATCH" -D payloads="$PAYLOADS" \
+    -f benches/pgbench/compute_batch.sql "$PG/$PGBENCH_DB" >"$OUT/pgbench/batch-c$c.txt" 2>&1; } 2>"$OUT/cpu/pgbench-batch-c$c.time"
+  cpu_report "pgbench-batch-c$c" "$OUT/cpu/pgbench-batch-c$c.time"
+  grep -E '^(number of transactions actually|number of failed|latency average|tps)' "$OUT/pgbench/batch-c$c.txt" |
+    sed "s/^/pgbench batch=$BATCH -c $c: /" | tee -a "$OUT/run.log"
+  tps=$(awk '/^tps/ {print $3}' "$OUT/pgbench/batch-c$c.txt")
+  log "pgbench batch ceiling: $tps transactions/s x $BATCH orders = $(python3 -c "print(round($tps * $BATCH))") orders/s"
+done
+# One order per transaction (group commit off), at the gRPC run's concurrency (64) and
+# the pool's (16): the ceiling without batching, for comparison.
 for c in "$CONC" 16; do
   psql_pg "$PGBENCH_DB" -c CHECKPOINT
   SRV=0; cpu_mark

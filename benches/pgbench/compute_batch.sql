@@ -1,0 +1,91 @@
+-- The database ceiling of durable Compute on PostgreSQL with group commit (benches/run.sh):
+-- one pgbench transaction is one batch of :batch orders, with the statements the server
+-- issues for a batch and nothing else around them.
+--
+-- MIRRORS src/store/postgres.rs `commit_bulk` + `write_new`, statement for statement:
+--   BEGIN
+--   order locks        pg_advisory_xact_lock of every order id, sorted
+--   stored splits      split_keys LEFT JOIN splits, every id at once
+--   counters           every counter row of the batch made to exist and locked (sorted)
+--   buyers             the batch's buyers claimed (ON CONFLICT DO NOTHING RETURNING)
+--   split_keys, splits one multi-row insert each (result JSON: bench_payloads)
+--   split_accounts     one row per account per order
+--   entries            one ledger entry per account per order
+--   outbox             one split_computed event per order (its body is the JSON again)
+--   counters           the final values
+--   COMMIT
+-- Compute issues no other statement for a new order (the result cache answers replays;
+-- the network comes from the process cache). Not mirrored: the engine (server CPU).
+--
+-- Variables given with pgbench -D: run (unique per run), batch (orders per transaction:
+-- the mean batch the server formed in the same run), payloads (rows of bench_payloads).
+-- bench_batch() is made by benches/pgbench/batch_setup.sql.
+-- In -M prepared mode pgbench turns every `:name` into a parameter, even inside a
+-- string literal, so no literal here has a colon followed by a letter.
+
+\set base random(1, 1000000000000)
+
+BEGIN;
+
+SELECT pg_advisory_xact_lock(hashtextextended(o, 0))
+  FROM (SELECT order_id AS o FROM bench_batch(:run, :base, :batch, :payloads) ORDER BY 1) AS s;
+
+SELECT k.order_id, s.fingerprint, s.result FROM split_keys k
+  LEFT JOIN splits s ON s.order_id = k.order_id AND s.paid_at = k.paid_at
+  WHERE k.order_id = ANY(ARRAY(SELECT order_id FROM bench_batch(:run, :base, :batch, :payloads)));
+
+INSERT INTO volumes (kind, subject, currency, month, amount)
+  SELECT k, s, 'CNY', '2026-11', 0 FROM (
+    SELECT DISTINCT k, s FROM (
+      SELECT 'merchant' AS k, merchant AS s FROM bench_batch(:run, :base, :batch, :payloads)
+      UNION ALL
+      SELECT 'promoter', promoter FROM bench_batch(:run, :base, :batch, :payloads)) AS u) AS d
+  ORDER BY k, s
+  ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = volumes.amount
+  RETURNING kind, subject, currency, month, amount;
+
+INSERT INTO buyers (buyer, first_order_id)
+  SELECT DISTINCT ON (buyer) buyer, order_id FROM bench_batch(:run, :base, :batch, :payloads)
+  ORDER BY buyer, i
+  ON CONFLICT (buyer) DO NOTHING RETURNING buyer;
+
+INSERT INTO split_keys (order_id, paid_at)
+  SELECT order_id, paid_at FROM bench_batch(:run, :base, :batch, :payloads);
+
+INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version, paid,
+                    sales, primary_promoter, month, result, created_at)
+  SELECT b.order_id, md5(b.order_id) || md5(b.buyer), b.merchant, b.buyer, 'CNY', b.paid_at, 1,
+         b.sales, b.sales, b.promoter, '2026-11', p.body, now()
+  FROM bench_batch(:run, :base, :batch, :payloads) AS b JOIN bench_payloads p ON p.id = b.payload;
+
+INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version)
+  SELECT a, b.paid_at, b.order_id, 'CNY', 100, 1
+  FROM bench_batch(:run, :base, :batch, :payloads) AS b,
+       LATERAL UNNEST(
+         ARRAY['merchant:' || b.merchant, 'platform', 'partner:' || 'bench-partner', 'channel:' || 'alipay']
+           || ARRAY(SELECT 'promoter:' || 'bench-p-' || lpad(b.chain::text, 3, '0') || '-' || d
+                    FROM generate_series(1, b.levels) AS d)) AS a;
+
+INSERT INTO entries (account, currency, amount, deferred, available_at, source_kind, source_id, order_id, created_at)
+  SELECT a, 'CNY', 100, false, b.paid_at + interval '7 days', 'split', b.order_id, b.order_id, now()
+  FROM bench_batch(:run, :base, :batch, :payloads) AS b,
+       LATERAL UNNEST(
+         ARRAY['merchant:' || b.merchant, 'platform', 'partner:' || 'bench-partner', 'channel:' || 'alipay']
+           || ARRAY(SELECT 'promoter:' || 'bench-p-' || lpad(b.chain::text, 3, '0') || '-' || d
+                    FROM generate_series(1, b.levels) AS d)) AS a;
+
+INSERT INTO outbox (event_id, kind, key, body, created_at)
+  SELECT 'split_computed:' || b.order_id, 'split_computed', b.order_id, p.body, now()
+  FROM bench_batch(:run, :base, :batch, :payloads) AS b JOIN bench_payloads p ON p.id = b.payload
+  ORDER BY b.i
+  ON CONFLICT DO NOTHING;
+
+UPDATE volumes v SET amount = v.amount + d.delta
+  FROM (SELECT k, s, sum(sales) AS delta FROM (
+          SELECT 'merchant' AS k, merchant AS s, sales FROM bench_batch(:run, :base, :batch, :payloads)
+          UNION ALL
+          SELECT 'promoter', promoter, sales FROM bench_batch(:run, :base, :batch, :payloads)) AS u
+        GROUP BY k, s) AS d
+  WHERE v.kind = d.k AND v.subject = d.s AND v.currency = 'CNY' AND v.month = '2026-11';
+
+COMMIT;
