@@ -49,8 +49,17 @@ impl GroupSettings {
 /// far below SQLite's bound-parameter limit and a batch commits in milliseconds.
 pub const MAX_BATCH: usize = 64;
 /// Concurrent batch transactions on PostgreSQL (each holds one pooled connection, of
-/// `db_max_connections`).
-pub const PG_WORKERS: usize = 4;
+/// `db_max_connections`). Batches that touch the same counter rows serialise on them
+/// until commit, so more workers mostly wait: measured on 2 cores, 1, 2 and 4 workers
+/// stored the same orders/s within noise, and 4 doubled p99 (benches/RESULTS.md §8).
+/// Two let one batch read and compute while another commits.
+pub const PG_WORKERS: usize = 2;
+/// Largest `group_commit_max_batch` accepted: SQLite's bound parameters per statement
+/// (32,766) over the widest multi-row insert (13 columns) leaves room for 2,000 rows;
+/// chunks of `MAX_ROWS_PER_INSERT` keep every statement inside it anyway.
+pub const MAX_BATCH_LIMIT: usize = 1024;
+/// Largest `group_commit_workers` accepted (each holds a pooled connection).
+pub const MAX_WORKERS: usize = 64;
 /// Orders waiting for a worker; beyond it callers wait (back-pressure).
 pub const QUEUE: usize = 4096;
 

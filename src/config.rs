@@ -42,6 +42,10 @@ pub struct Settings {
     pub cache_ttl_ms: u64,
     /// Most bytes of stored results held in process for replays and GetSplit.
     pub cache_splits_bytes: u64,
+    /// Most orders stored in one group-commit transaction (1: every order on its own).
+    pub group_commit_max_batch: usize,
+    /// Group-commit transactions in flight at once on PostgreSQL (SQLite: always 1).
+    pub group_commit_workers: usize,
     /// Redis URL of the shared cache (`redis://127.0.0.1:6379`); empty: in-process only.
     pub redis_url: String,
     /// NATS server URL (`nats://127.0.0.1:4222`); empty: no broker, the outbox accumulates.
@@ -61,6 +65,20 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Group-commit settings for a backend.
+    pub fn group_commit(&self, backend: &str) -> crate::commit::GroupSettings {
+        let mut g = crate::commit::GroupSettings::for_backend(backend);
+        g.max_batch = self
+            .group_commit_max_batch
+            .clamp(1, crate::commit::MAX_BATCH_LIMIT);
+        if backend != "sqlite" {
+            g.workers = self
+                .group_commit_workers
+                .clamp(1, crate::commit::MAX_WORKERS);
+        }
+        g
+    }
+
     /// Loads settings. `file` is optional; without it `prorata.toml` in the working
     /// directory is read if present.
     pub fn load(file: Option<&Path>) -> Result<Settings, config::ConfigError> {
@@ -79,6 +97,8 @@ impl Settings {
             .set_default("cache_bindings", 2_000_000)?
             .set_default("cache_ttl_ms", 60_000)?
             .set_default("cache_splits_bytes", crate::cache::DEFAULT_SPLITS_BYTES)?
+            .set_default("group_commit_max_batch", crate::commit::MAX_BATCH as u64)?
+            .set_default("group_commit_workers", crate::commit::PG_WORKERS as u64)?
             .set_default("redis_url", "")?
             .set_default("nats_url", "")?
             .set_default("relay_enabled", true)?

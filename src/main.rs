@@ -78,7 +78,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             telemetry::init_metrics(&settings.metrics_addr)?;
             let store = startup::open_store(&settings).await?;
             let backend = store.backend();
-            let app = App::new(store.clone(), &settings.cache()).await?;
+            let group = settings.group_commit(store.backend());
+            let app = App::with_group_commit(store.clone(), &settings.cache(), group).await?;
             let (listener, addr) = startup::bind(&settings.grpc_addr).await?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let until_stopped = || {

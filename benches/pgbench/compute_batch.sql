@@ -80,12 +80,13 @@ INSERT INTO outbox (event_id, kind, key, body, created_at)
   ORDER BY b.i
   ON CONFLICT DO NOTHING;
 
-UPDATE volumes v SET amount = v.amount + d.delta
-  FROM (SELECT k, s, sum(sales) AS delta FROM (
-          SELECT 'merchant' AS k, merchant AS s, sales FROM bench_batch(:run, :base, :batch, :payloads)
-          UNION ALL
-          SELECT 'promoter', promoter, sales FROM bench_batch(:run, :base, :batch, :payloads)) AS u
-        GROUP BY k, s) AS d
-  WHERE v.kind = d.k AND v.subject = d.s AND v.currency = 'CNY' AND v.month = '2026-11';
+INSERT INTO volumes (kind, subject, currency, month, amount)
+  SELECT k, s, 'CNY', '2026-11', delta FROM (
+    SELECT k, s, sum(sales) AS delta FROM (
+      SELECT 'merchant' AS k, merchant AS s, sales FROM bench_batch(:run, :base, :batch, :payloads)
+      UNION ALL
+      SELECT 'promoter', promoter, sales FROM bench_batch(:run, :base, :batch, :payloads)) AS u
+    GROUP BY k, s) AS d
+  ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = volumes.amount + EXCLUDED.amount;
 
 COMMIT;

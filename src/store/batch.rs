@@ -229,3 +229,28 @@ pub(crate) fn archived(order_id: &str) -> super::StoreError {
         "order {order_id} is stored in a month that was archived (its partition is detached)"
     ))
 }
+
+/// Wall time of the phases of a bulk commit, recorded in
+/// `prorata_group_commit_phase_seconds{phase}`: read (locks, stored ids, counters,
+/// buyers), engine (every order computed and checked), write (every row), commit.
+pub(crate) struct Phases(std::time::Instant);
+
+impl Phases {
+    /// Starts timing the first phase.
+    pub(crate) fn start() -> Phases {
+        Phases(std::time::Instant::now())
+    }
+
+    /// Records the phase that just ended and starts the next.
+    pub(crate) fn done(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        metrics::histogram!("prorata_group_commit_phase_seconds", "phase" => phase)
+            .record((now - self.0).as_secs_f64());
+        self.0 = now;
+    }
+
+    /// Records the last phase.
+    pub(crate) fn finish(mut self, phase: &'static str) {
+        self.done(phase);
+    }
+}

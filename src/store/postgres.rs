@@ -609,6 +609,7 @@ async fn commit_bulk(
     tx: &mut Transaction<'_, Postgres>,
     batch: &[PendingSplit],
 ) -> Result<Vec<Result<CommitOutcome>>> {
+    let mut phase = batch::Phases::start();
     let ids = batch::order_ids(batch);
     sqlx::query(
         "SELECT pg_advisory_xact_lock(hashtextextended(o, 0)) FROM UNNEST($1::text[]) WITH ORDINALITY AS x(o, n) ORDER BY n",
@@ -682,7 +683,9 @@ async fn commit_bulk(
         .await?;
         new_buyers.extend(won);
     }
+    phase.done("read");
     let plan = batch::plan(batch, stored, counters, &new_buyers)?;
+    phase.done("engine");
     if !plan.new.is_empty() {
         write_new(tx, &plan).await?;
     }
@@ -711,6 +714,7 @@ async fn commit_bulk(
         }
         upgraded.push(up);
     }
+    phase.done("write");
     Ok(plan.outcomes(upgraded))
 }
 
@@ -725,42 +729,15 @@ fn unzip4(keys: &[batch::CounterKey]) -> (Vec<String>, Vec<String>, Vec<String>,
     out
 }
 
-/// The rows of a batch's new splits: one multi-row statement per table.
+/// The rows of a batch's new splits and its counters' final values, in one statement
+/// (one round trip): a data-modifying CTE per table. Foreign keys are checked at the end
+/// of the statement, so `splits` may name the `split_keys` rows inserted beside it.
 async fn write_new(tx: &mut Transaction<'_, Postgres>, plan: &batch::Plan) -> Result<()> {
     let new = &plan.new;
-    let ids: Vec<&str> = new.iter().map(|n| n.result.order_id.as_str()).collect();
-    let paid_at: Vec<DateTime<Utc>> = new.iter().map(|n| n.result.paid_at).collect();
-    sqlx::query("INSERT INTO split_keys (order_id, paid_at) SELECT * FROM UNNEST($1::text[], $2::timestamptz[])")
-        .bind(&ids)
-        .bind(&paid_at)
-        .execute(&mut **tx)
-        .await?;
     let col =
         |f: fn(&SplitResult) -> &str| -> Vec<&str> { new.iter().map(|n| f(&n.result)).collect() };
-    sqlx::query(
-        "INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version, paid,
-                             sales, primary_promoter, month, result, created_at)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-                              $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[],
-                              $13::timestamptz[])",
-    )
-    .bind(&ids)
-    .bind(new.iter().map(|n| n.fingerprint.as_str()).collect::<Vec<_>>())
-    .bind(col(|r| &r.merchant))
-    .bind(col(|r| &r.buyer))
-    .bind(col(|r| &r.currency))
-    .bind(&paid_at)
-    .bind(new.iter().map(|n| n.result.ruleset_version as i64).collect::<Vec<_>>())
-    .bind(new.iter().map(|n| n.result.paid).collect::<Vec<_>>())
-    .bind(new.iter().map(|n| n.result.sales).collect::<Vec<_>>())
-    .bind(new.iter().map(|n| n.result.primary_promoter.as_deref()).collect::<Vec<_>>())
-    .bind(col(|r| &r.month))
-    .bind(new.iter().map(|n| n.json.as_str()).collect::<Vec<_>>())
-    .bind(new.iter().map(|n| n.result.computed_at).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
     // Shares: one row per account per order.
-    let (mut a, mut t, mut o, mut c, mut m, mut v) = (
+    let (mut sa, mut st, mut so, mut sc, mut sm, mut sv) = (
         Vec::new(),
         Vec::new(),
         Vec::new(),
@@ -770,29 +747,17 @@ async fn write_new(tx: &mut Transaction<'_, Postgres>, plan: &batch::Plan) -> Re
     );
     for n in new {
         let r = &n.result;
-        for s in &r.totals {
-            a.push(s.account.to_string());
-            t.push(r.paid_at);
-            o.push(r.order_id.as_str());
-            c.push(r.currency.as_str());
-            m.push(s.amount);
-            v.push(r.ruleset_version as i64);
+        for t in &r.totals {
+            sa.push(t.account.to_string());
+            st.push(r.paid_at);
+            so.push(r.order_id.as_str());
+            sc.push(r.currency.as_str());
+            sm.push(t.amount);
+            sv.push(r.ruleset_version as i64);
         }
     }
-    sqlx::query(
-        "INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version)
-         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])",
-    )
-    .bind(&a)
-    .bind(&t)
-    .bind(&o)
-    .bind(&c)
-    .bind(&m)
-    .bind(&v)
-    .execute(&mut **tx)
-    .await?;
     // Ledger entries.
-    let (mut a, mut c, mut m, mut d, mut at, mut o, mut t) = (
+    let (mut ea, mut ec, mut em, mut ed, mut et, mut eo, mut ew) = (
         Vec::new(),
         Vec::new(),
         Vec::new(),
@@ -803,54 +768,82 @@ async fn write_new(tx: &mut Transaction<'_, Postgres>, plan: &batch::Plan) -> Re
     );
     for n in new {
         for e in &n.entries {
-            a.push(e.account.to_string());
-            c.push(e.currency.as_str());
-            m.push(e.amount);
-            d.push(e.deferred);
-            at.push(e.available_at);
-            o.push(n.result.order_id.as_str());
-            t.push(n.result.computed_at);
+            ea.push(e.account.to_string());
+            ec.push(e.currency.as_str());
+            em.push(e.amount);
+            ed.push(e.deferred);
+            et.push(e.available_at);
+            eo.push(n.result.order_id.as_str());
+            ew.push(n.result.computed_at);
         }
     }
+    let keys: Vec<batch::CounterKey> = plan.counters.iter().map(|(k, _)| k.clone()).collect();
+    let (vk, vs, vc, vm) = unzip4(&keys);
     sqlx::query(
-        "INSERT INTO entries (account, currency, amount, deferred, available_at, source_kind, source_id, order_id, created_at)
-         SELECT a, c, m, d, t, 'split', o, o, w
-         FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::timestamptz[], $6::text[], $7::timestamptz[])
-              WITH ORDINALITY AS x(a, c, m, d, t, o, w, n) ORDER BY n",
+        "WITH keys AS (
+             INSERT INTO split_keys (order_id, paid_at)
+             SELECT * FROM UNNEST($1::text[], $2::timestamptz[])),
+         results AS (
+             INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version,
+                                 paid, sales, primary_promoter, month, result, created_at)
+             SELECT * FROM UNNEST($1::text[], $3::text[], $4::text[], $5::text[], $6::text[], $2::timestamptz[],
+                                  $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[],
+                                  $13::timestamptz[])),
+         shares AS (
+             INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version)
+             SELECT * FROM UNNEST($14::text[], $15::timestamptz[], $16::text[], $17::text[], $18::bigint[],
+                                  $19::bigint[])),
+         ledger AS (
+             INSERT INTO entries (account, currency, amount, deferred, available_at, source_kind, source_id,
+                                  order_id, created_at)
+             SELECT a, c, m, d, t, 'split', o, o, w
+             FROM UNNEST($20::text[], $21::text[], $22::bigint[], $23::boolean[], $24::timestamptz[],
+                         $25::text[], $26::timestamptz[]) WITH ORDINALITY AS x(a, c, m, d, t, o, w, n)
+             ORDER BY n),
+         events AS (
+             -- In batch order: the relay publishes in outbox order.
+             INSERT INTO outbox (event_id, kind, key, body, created_at)
+             SELECT 'split_computed:' || o, 'split_computed', o, b, w
+             FROM UNNEST($1::text[], $12::text[], $13::timestamptz[]) WITH ORDINALITY AS x(o, b, w, n)
+             ORDER BY n
+             ON CONFLICT DO NOTHING)
+         -- The counters' final values (their rows are locked by this transaction). An
+         -- upsert, not UPDATE .. FROM: its conflict check probes the primary key whatever
+         -- the planner's statistics say (a fresh table has none).
+         INSERT INTO volumes (kind, subject, currency, month, amount)
+         SELECT * FROM UNNEST($27::text[], $28::text[], $29::text[], $30::text[], $31::bigint[])
+         ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = EXCLUDED.amount",
     )
-    .bind(&a)
-    .bind(&c)
-    .bind(&m)
-    .bind(&d)
-    .bind(&at)
-    .bind(&o)
-    .bind(&t)
-    .execute(&mut **tx)
-    .await?;
-    // Events, in batch order (the relay publishes in outbox order).
-    sqlx::query(
-        "INSERT INTO outbox (event_id, kind, key, body, created_at)
-         SELECT 'split_computed:' || o, 'split_computed', o, b, w
-         FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS x(o, b, w, n) ORDER BY n
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&ids)
+    .bind(col(|r| &r.order_id))
+    .bind(new.iter().map(|n| n.result.paid_at).collect::<Vec<_>>())
+    .bind(new.iter().map(|n| n.fingerprint.as_str()).collect::<Vec<_>>())
+    .bind(col(|r| &r.merchant))
+    .bind(col(|r| &r.buyer))
+    .bind(col(|r| &r.currency))
+    .bind(new.iter().map(|n| n.result.ruleset_version as i64).collect::<Vec<_>>())
+    .bind(new.iter().map(|n| n.result.paid).collect::<Vec<_>>())
+    .bind(new.iter().map(|n| n.result.sales).collect::<Vec<_>>())
+    .bind(new.iter().map(|n| n.result.primary_promoter.as_deref()).collect::<Vec<_>>())
+    .bind(col(|r| &r.month))
     .bind(new.iter().map(|n| n.json.as_str()).collect::<Vec<_>>())
     .bind(new.iter().map(|n| n.result.computed_at).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    // Counters: their final values (their rows are locked by this transaction).
-    let keys: Vec<batch::CounterKey> = plan.counters.iter().map(|(k, _)| k.clone()).collect();
-    let (k, s, c, mo) = unzip4(&keys);
-    sqlx::query(
-        "UPDATE volumes v SET amount = x.a
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS x(k, s, c, m, a)
-         WHERE v.kind = x.k AND v.subject = x.s AND v.currency = x.c AND v.month = x.m",
-    )
-    .bind(&k)
-    .bind(&s)
-    .bind(&c)
-    .bind(&mo)
+    .bind(&sa)
+    .bind(&st)
+    .bind(&so)
+    .bind(&sc)
+    .bind(&sm)
+    .bind(&sv)
+    .bind(&ea)
+    .bind(&ec)
+    .bind(&em)
+    .bind(&ed)
+    .bind(&et)
+    .bind(&eo)
+    .bind(&ew)
+    .bind(&vk)
+    .bind(&vs)
+    .bind(&vc)
+    .bind(&vm)
     .bind(plan.counters.iter().map(|(_, v)| *v).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
@@ -1038,7 +1031,9 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         match commit_bulk(&mut tx, batch).await {
             Ok(out) => {
+                let phase = batch::Phases::start();
                 tx.commit().await?;
+                phase.finish("commit");
                 return Ok(out);
             }
             Err(e) => {
