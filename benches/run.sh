@@ -211,6 +211,16 @@ h2() {
   grep -E '^(finished|requests|status codes)' "$OUT/h2load/$name.txt" | tee -a "$OUT/run.log"
 }
 
+# Tools from Debian's packages, installed when missing (h2load is in nghttp2-client).
+if ! command -v h2load >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client; } >/dev/null 2>&1 ||
+      { echo "benches/run.sh: could not install nghttp2-client (h2load)" >&2; exit 1; }
+  else
+    echo "benches/run.sh needs h2load: apt-get install nghttp2-client" >&2; exit 1
+  fi
+fi
+
 # The machine, the tree, the tools.
 {
   echo "date: $(date -u +%FT%TZ)"; echo "nproc: $(nproc)"
@@ -270,7 +280,13 @@ grpc_check "$PA" /grpc.health.v1.Health/Check "$OUT/bodies/health.grpc" a-empty
 h2 a-empty-c64 "$PA" /grpc.health.v1.Health/Check "$OUT/bodies/health.grpc" -c "$CONNS" -m $((CONC / CONNS))
 bench a-empty-c64 "$PA" --scenario empty
 C=1 N=1 bench a-empty-c1 "$PA" --scenario empty
-bench a-replay-c64 "$PA" --scenario replay
+bench a-replay-c64 "$PA" --scenario replay --body-out "$OUT/bodies/replay-a.grpc"
+# The same replay with h2load (one stored order's request, over and over), beside the
+# h2load ceiling above: both measured by the same cheap client.
+grpc_check "$PA" /prorata.v1.CommissionService/Compute "$OUT/bodies/replay-a.grpc" a-replay
+grep -qi '^prorata-replayed: *true' "$OUT/h2load/check-a-replay.headers" ||
+  { echo "the replay body of A is not a replay" >&2; exit 1; }
+h2 a-replay-c64 "$PA" /prorata.v1.CommissionService/Compute "$OUT/bodies/replay-a.grpc" -c "$CONNS" -m $((CONC / CONNS))
 bench a-compute-c64 "$PA" --scenario compute --lines 2 --refund-ratio 0
 setup_only a-account "$PA" --account-orders "$ACCOUNT_ORDERS" --lines 2
 bench a-list-c64 "$PA" --scenario list-splits

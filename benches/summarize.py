@@ -222,6 +222,13 @@ def targets(runs, h2, pgb, cpu_cores):
     row("gRPC ceiling, prorata bench (Health/Check)", "-", "a-empty-c64", ceiling=h2c,
         note="ceiling = h2load on the same server and RPC")
     row("replay of a stored order (SQLite)", ">= 0.6 x ceiling", "a-replay-c64", "a-empty-c64")
+    h2r = h2.get("a-replay-c64", {})
+    rows.append({
+        "measure": "replay of a stored order (SQLite), h2load", "target": ">= 0.6 x ceiling",
+        "run": "h2load a-replay-c64", "throughput_ok_per_s": h2r.get("req_per_s"),
+        "p99_us": h2r.get("p99_us"), "failed": h2r.get("failed"), "ceiling": h2c,
+        "ratio_to_ceiling": ratio(h2r.get("req_per_s"), h2c), "cpu_cores": cpu_cores.get("h2load-a-replay-c64"),
+        "note": "ceiling = h2load of the empty RPC on the same server; one stored order replayed"})
     row("replay of a stored order (PostgreSQL)", ">= 0.6 x ceiling", "b-replay-c64", "b-empty-c64")
     row("durable Compute, unique 2-line orders, SQLite", ">= 3,000/s, p99 <= 20 ms",
         "a-compute-c64", "a-empty-c64")
