@@ -19,8 +19,8 @@ use super::ruleset::{
     RuleSet, Schedule,
 };
 use super::split::{
-    Account, AccountAmount, ChainMember, Explanation, InvariantViolation, LineSplit, Share,
-    ShareKind, SplitResult, WeightEntry,
+    same_id, Account, AccountAmount, ChainMember, Explanation, InvariantViolation, LineSplit,
+    Share, ShareKind, SplitResult, WeightEntry,
 };
 
 /// What the store knows at commit time that changes money: read in the same transaction
@@ -247,8 +247,19 @@ struct Facts<'a> {
     sales_major: Exact,
 }
 
+/// Set membership. Most condition lists hold one or two ids: comparing with the first
+/// and last is cheaper than the tree search (unequal lengths need no byte compare).
+fn contains(s: &std::collections::BTreeSet<String>, v: &str) -> bool {
+    match s.len() {
+        0 => false,
+        1 => s.first().is_some_and(|x| x == v),
+        2 => s.first().is_some_and(|x| x == v) || s.last().is_some_and(|x| x == v),
+        _ => s.contains(v),
+    }
+}
+
 fn in_set(set: &Option<std::collections::BTreeSet<String>>, v: &str) -> bool {
-    set.as_ref().is_none_or(|s| s.contains(v))
+    set.as_ref().is_none_or(|s| contains(s, v))
 }
 
 fn matches(c: &Conditions, f: &Facts, line: &Line) -> bool {
@@ -258,7 +269,7 @@ fn matches(c: &Conditions, f: &Facts, line: &Line) -> bool {
         && in_set(&c.channel, f.order.channel_id())
         && c.tags
             .as_ref()
-            .is_none_or(|t| f.order.tags.iter().any(|x| t.contains(x)))
+            .is_none_or(|t| f.order.tags.iter().any(|x| contains(t, x)))
         && c.promoter_grade
             .as_ref()
             .is_none_or(|g| f.grade.is_some_and(|x| g.contains(x)))
@@ -440,7 +451,7 @@ fn level_amount(
     let (amount, rate) = match &rule.schedule {
         Schedule::Rates(r) => {
             let rate = plus(&r[k as usize - 1]);
-            (rate.mul(base_x), rate.to_string())
+            (rate.mul(base_x), rate.to_text())
         }
         Schedule::Fixed(f) => {
             let per_unit = cur.major_to_minor(&f[k as usize - 1]);
@@ -452,11 +463,11 @@ fn level_amount(
         Schedule::Ladder(l) if k == 1 => {
             let (_, eff) = ladder_amount(l, cur, prior_volume(l.metric, ctx), order.sales());
             let rate = plus(&eff);
-            (rate.mul(base_x), rate.to_string())
+            (rate.mul(base_x), rate.to_text())
         }
         Schedule::Ladder(l) => {
             let rate = plus(&l.levels[k as usize - 2]);
-            (rate.mul(base_x), rate.to_string())
+            (rate.mul(base_x), rate.to_text())
         }
     };
     (amount, rate, ids)
@@ -518,7 +529,7 @@ fn commission_pieces(
                 (rate1.clone(), ids1.clone())
             };
             let mut e = expl(1, rate, ids);
-            e.weight = w.weight.to_string();
+            e.weight = w.weight.to_text();
             pieces.push(Piece {
                 promoter: w.node.id.clone(),
                 exact: amount1.mul(&w.weight),
@@ -595,8 +606,8 @@ fn split_line(
         let exact = p.share.mul(&take_x);
         let amount = round(&exact, rs.rounding)?;
         let mut e = Explanation::of(ShareKind::Partner, take);
-        e.rate = p.share.to_string();
-        e.exact = exact.to_string();
+        e.rate = p.share.to_text();
+        e.exact = exact.to_text();
         partner_amounts.push((p.id.clone(), amount, e));
     }
     let partner_sum: i64 = partner_amounts.iter().map(|p| p.1).sum();
@@ -627,7 +638,7 @@ fn split_line(
         }
     }
     for p in &mut pieces {
-        p.expl.exact = p.exact.to_string();
+        p.expl.exact = p.exact.to_text();
         p.rounded = round(&p.exact, rs.rounding)?.max(0);
     }
     // Stage 9: guard.
@@ -652,8 +663,8 @@ fn split_line(
         Explanation::of(ShareKind::MerchantResidual, d),
     ));
     let mut pe = Explanation::of(ShareKind::PlatformTake, d);
-    pe.rate = p_rate.to_string();
-    pe.exact = take_exact.to_string();
+    pe.rate = p_rate.to_text();
+    pe.exact = take_exact.to_text();
     pe.detail = take_detail;
     if partner_sum > 0 {
         pe.detail = format!(
@@ -668,8 +679,8 @@ fn split_line(
         shares.push(share(Account::Partner(id), amount, e));
     }
     let mut fe = Explanation::of(ShareKind::ChannelFee, d);
-    fe.rate = fee_rate.to_string();
-    fe.exact = fee_exact.to_string();
+    fe.rate = fee_rate.to_text();
+    fe.exact = fee_exact.to_text();
     shares.push(share(
         Account::Channel(order.channel_id().to_string()),
         fee,
@@ -679,7 +690,7 @@ fn split_line(
     for p in pieces {
         let known = shares[first_promoter..]
             .iter_mut()
-            .find(|s| matches!(&s.account, Account::Promoter(id) if *id == p.promoter));
+            .find(|s| matches!(&s.account, Account::Promoter(id) if same_id(id, &p.promoter)));
         match known {
             Some(s) => {
                 s.amount += p.rounded;
@@ -710,8 +721,8 @@ fn split_shipping(rs: &RuleSet, order: &Order) -> Result<LineSplit, EngineError>
     let fee_exact = fee_rate.mul(&s_x);
     let fee = round(&fee_exact, rs.rounding)?.min(s);
     let mut fe = Explanation::of(ShareKind::ChannelFee, s);
-    fe.rate = fee_rate.to_string();
-    fe.exact = fee_exact.to_string();
+    fe.rate = fee_rate.to_text();
+    fe.exact = fee_exact.to_text();
     let mut me = Explanation::of(ShareKind::MerchantResidual, s);
     me.detail = "shipping carries no platform take and no commission".into();
     let mut shares = vec![share(
@@ -807,10 +818,10 @@ pub fn compute_with(
                     .map(|e| e.level)
                     .min()
                     .unwrap_or(u32::MAX);
-                match level_of.iter_mut().find(|x| x.0 == id.as_str()) {
+                match level_of.iter_mut().find(|x| same_id(&x.0, id)) {
                     Some(x) => x.1 = x.1.min(lv),
                     None => {
-                        let key = match source_ids().find(|s| *s == id) {
+                        let key = match source_ids().find(|s| same_id(s, id)) {
                             Some(s) => Cow::Borrowed(s),
                             None => Cow::Owned(id.clone()),
                         };
@@ -823,7 +834,7 @@ pub fn compute_with(
     let lvl = |id: &str| {
         level_of
             .iter()
-            .find(|x| x.0 == id)
+            .find(|x| same_id(&x.0, id))
             .map_or(u32::MAX, |x| x.1)
     };
     let mut totals: Vec<AccountAmount> =
@@ -832,7 +843,7 @@ pub fn compute_with(
         l.shares
             .sort_by(|a, b| a.account.order_cmp(&b.account, &lvl));
         for s in &l.shares {
-            match totals.iter_mut().find(|t| t.account == s.account) {
+            match totals.iter_mut().find(|t| t.account.same(&s.account)) {
                 Some(t) => {
                     t.amount = t
                         .amount
@@ -852,7 +863,7 @@ pub fn compute_with(
         chain_out.push(ChainMember {
             level: 1,
             promoter: p.id.clone(),
-            status: p.status.to_string(),
+            status: p.status.as_str().to_string(),
             grade: p.grade.clone().unwrap_or_default(),
         });
     }
@@ -860,7 +871,7 @@ pub fn compute_with(
         chain_out.push(ChainMember {
             level: k as u32 + 2,
             promoter: l.node.id.clone(),
-            status: l.node.status.to_string(),
+            status: l.node.status.as_str().to_string(),
             grade: l.node.grade.clone().unwrap_or_default(),
         });
     }
@@ -870,7 +881,7 @@ pub fn compute_with(
         .iter()
         .map(|w| WeightEntry {
             promoter: w.node.id.clone(),
-            weight: w.weight.to_string(),
+            weight: w.weight.to_text(),
             primary: Some(&w.node.id) == primary_id.as_ref(),
         })
         .collect();

@@ -327,6 +327,17 @@ impl Exact {
         }
     }
 
+    /// The `Display` text, allocated once at its exact length.
+    pub fn to_text(&self) -> String {
+        match self {
+            Exact::Small(r) => match narrow(r) {
+                Some((n, d)) => render_narrow(n, d).as_str().to_owned(),
+                None => self.to_string(),
+            },
+            Exact::Big(_) => self.to_string(),
+        }
+    }
+
     /// Rounds to an integer with the given mode; `None` if it does not fit in i64.
     pub fn round_to_i64(&self, mode: Rounding) -> Option<i64> {
         match self {
@@ -339,77 +350,79 @@ impl Exact {
     }
 }
 
-/// The decimal digits of `x`, written right-aligned into `buf`; returns where they start.
-fn digits_u128(mut x: u128, buf: &mut [u8; 40]) -> usize {
-    const CHUNK: u128 = 10_000_000_000_000_000_000; // 10^19 < 2^64
-    let mut i = buf.len();
-    while x > u128::from(u64::MAX) {
-        let mut r = (x % CHUNK) as u64;
-        x /= CHUNK;
-        for _ in 0..19 {
-            i -= 1;
-            buf[i] = b'0' + (r % 10) as u8;
-            r /= 10;
-        }
-    }
-    let mut y = x as u64;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (y % 10) as u8;
-        y /= 10;
-        if y == 0 {
-            return i;
-        }
-    }
+/// Text written right to left into a stack buffer, then handed to the formatter once.
+/// Large enough for `-n/d` with 19-digit n and d, and for `-w.f` with 29 digits and 28
+/// fraction digits.
+struct Backwards {
+    buf: [u8; 64],
+    start: usize,
 }
 
-/// A small text buffer for one rendered value (at most 1 + 40 + 1 + 40 bytes).
-struct Text {
-    buf: [u8; 88],
-    len: usize,
-}
-
-impl Text {
+impl Backwards {
     fn new() -> Self {
-        Text {
-            buf: [0; 88],
-            len: 0,
+        Backwards {
+            buf: [0; 64],
+            start: 64,
         }
     }
-    fn push(&mut self, b: u8) {
-        self.buf[self.len] = b;
-        self.len += 1;
+    fn byte(&mut self, b: u8) {
+        self.start -= 1;
+        self.buf[self.start] = b;
     }
-    fn extend(&mut self, bytes: &[u8]) {
-        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
-    }
-    fn uint(&mut self, x: u128) {
-        let mut d = [0u8; 40];
-        let start = digits_u128(x, &mut d);
-        self.extend(&d[start..]);
-    }
-    fn int(&mut self, negative: bool, magnitude: u128) {
-        if negative {
-            self.push(b'-');
+    /// Exactly `width` digits of `x` (x < 10^width), zero-padded on the left.
+    fn digits_exact(&mut self, mut x: u64, width: u32) {
+        for _ in 0..width {
+            self.byte(b'0' + (x % 10) as u8);
+            x /= 10;
         }
-        self.uint(magnitude);
+    }
+    /// The digits of `x`, at least one.
+    fn uint(&mut self, mut x: u64) {
+        loop {
+            self.byte(b'0' + (x % 10) as u8);
+            x /= 10;
+            if x == 0 {
+                return;
+            }
+        }
+    }
+    /// The digits of a u128, in 19-digit chunks of u64 arithmetic.
+    fn uint128(&mut self, mut x: u128) {
+        while x > u128::from(u64::MAX) {
+            self.digits_exact((x % POW10_19) as u64, 19);
+            x /= POW10_19;
+        }
+        self.uint(x as u64);
+    }
+    /// Exactly `width` digits of a u128 (x < 10^width).
+    fn digits_exact128(&mut self, mut x: u128, mut width: u32) {
+        while width > 19 {
+            self.digits_exact((x % POW10_19) as u64, 19);
+            x /= POW10_19;
+            width -= 19;
+        }
+        self.digits_exact(x as u64, width);
     }
     fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).expect("ASCII digits")
+        std::str::from_utf8(&self.buf[self.start..]).expect("ASCII")
     }
 }
+
+const POW10_19: u128 = 10_000_000_000_000_000_000;
 
 /// Largest mantissa of a `Decimal` (2^96 − 1): beyond it [`fmt_small`] shows `n/d`.
 const MAX_DECIMAL_MANTISSA: u128 = (1 << 96) - 1;
 
-/// [`fmt_small`] for a narrow value, without `Decimal` or `i128` division: the same text.
-fn fmt_narrow(n: i64, d: i64, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    let mut t = Text::new();
-    let (neg, m) = (n < 0, u128::from(n.unsigned_abs()));
+/// The text of [`fmt_small`] for a narrow value, without `Decimal` or `i128` division.
+fn render_narrow(n: i64, d: i64) -> Backwards {
+    let mut t = Backwards::new();
+    let (neg, m) = (n < 0, n.unsigned_abs());
     if d == 1 {
-        t.int(neg, m);
-        return f.write_str(t.as_str());
+        t.uint(m);
+        if neg {
+            t.byte(b'-');
+        }
+        return t;
     }
     let du = d as u64;
     let twos = du.trailing_zeros();
@@ -422,47 +435,64 @@ fn fmt_narrow(n: i64, d: i64, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     if rest == 1 && digits <= 28 {
         // 10^k / d = 2^(k−a)·5^(k−b) for d = 2^a·5^b, k = max(a, b); at most 10^28.
         let scale = (1u128 << (digits - twos)) * 5u128.pow(digits - fives);
-        if let Some(mantissa) = m.checked_mul(scale).filter(|v| *v <= MAX_DECIMAL_MANTISSA) {
-            // What `Decimal` prints after `normalize`: sign, whole part (0 if none),
-            // the point and the fraction without trailing zeros.
-            let mut buf = [0u8; 40];
-            let start = digits_u128(mantissa, &mut buf);
-            let all = &buf[start..];
-            let k = digits as usize;
-            if neg {
-                t.push(b'-');
-            }
-            let frac_start = if all.len() > k {
-                t.extend(&all[..all.len() - k]);
-                all.len() - k
+        if let Some(mantissa) = u128::from(m)
+            .checked_mul(scale)
+            .filter(|v| *v <= MAX_DECIMAL_MANTISSA)
+        {
+            // What `Decimal` prints after `normalize`: sign, whole part (0 if none), the
+            // point and the fraction without trailing zeros (a reduced n/d has none, but
+            // the text must not depend on that).
+            let (mut mantissa, mut k) = (mantissa, digits);
+            if let Ok(small) = u64::try_from(mantissa) {
+                let mut small = small;
+                while k > 0 && small % 10 == 0 {
+                    small /= 10;
+                    k -= 1;
+                }
+                mantissa = u128::from(small);
             } else {
-                t.push(b'0');
-                0
-            };
-            let mut frac = [b'0'; 40];
-            let pad = k.saturating_sub(all.len());
-            frac[pad..k].copy_from_slice(&all[frac_start..]);
-            let mut end = k;
-            while end > 0 && frac[end - 1] == b'0' {
-                end -= 1;
+                while k > 0 && mantissa % 10 == 0 {
+                    mantissa /= 10;
+                    k -= 1;
+                }
             }
-            if end > 0 {
-                t.push(b'.');
-                t.extend(&frac[..end]);
+            match u64::try_from(mantissa) {
+                Ok(small) if k <= 19 => {
+                    let unit = 10u64.pow(k);
+                    if k > 0 {
+                        t.digits_exact(small % unit, k);
+                        t.byte(b'.');
+                    }
+                    t.uint(small / unit);
+                }
+                _ => {
+                    let unit = 10u128.pow(k);
+                    if k > 0 {
+                        t.digits_exact128(mantissa % unit, k);
+                        t.byte(b'.');
+                    }
+                    t.uint128(mantissa / unit);
+                }
             }
-            return f.write_str(t.as_str());
+            if neg {
+                t.byte(b'-');
+            }
+            return t;
         }
     }
-    t.int(neg, m);
-    t.push(b'/');
-    t.uint(u128::from(du));
-    f.write_str(t.as_str())
+    t.uint(du);
+    t.byte(b'/');
+    t.uint(m);
+    if neg {
+        t.byte(b'-');
+    }
+    t
 }
 
 /// Display without leaving i128 (explanations render a few dozen rates per split).
 fn fmt_small(r: &Ratio<i128>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     if let Some((n, d)) = narrow(r) {
-        return fmt_narrow(n, d, f);
+        return f.write_str(render_narrow(n, d).as_str());
     }
     let (n, d) = (*r.numer(), *r.denom());
     if d == 1 {
@@ -837,6 +867,7 @@ mod tests {
             if let Exact::Small(r) = &a {
                 assert_eq!(a.to_string(), reference_fmt_small(r), "{a:?}");
             }
+            assert_eq!(a.to_text(), a.to_string(), "{a:?}");
         }
         assert!(narrow_pairs > 15_000, "{narrow_pairs} narrow pairs");
     }
