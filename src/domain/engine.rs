@@ -52,7 +52,45 @@ pub enum EngineError {
 /// The calendar month of `at` in the rule set's zone, e.g. "2026-11".
 pub fn month_key(at: DateTime<Utc>, rs: &RuleSet) -> String {
     let local = at.with_timezone(&rs.timezone);
-    format!("{:04}-{:02}", local.year(), local.month())
+    let (year, month) = (local.year(), local.month());
+    if !(0..=9999).contains(&year) {
+        return format!("{year:04}-{month:02}");
+    }
+    // The same text as the format above, without the formatting machinery.
+    let mut out = String::with_capacity(7);
+    let y = year as u32;
+    for d in [
+        y / 1000,
+        y / 100 % 10,
+        y / 10 % 10,
+        y % 10,
+        month / 10,
+        month % 10,
+    ] {
+        if out.len() == 4 {
+            out.push('-');
+        }
+        out.push(char::from(b'0' + d as u8));
+    }
+    out
+}
+
+/// Appends the decimal digits of `v` (what `{v}` prints).
+fn push_int(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let (mut i, mut m) = (digits.len(), v.unsigned_abs());
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&b| char::from(b)));
 }
 
 // ---------------------------------------------------------------- attribution
@@ -667,12 +705,16 @@ fn split_line(
     pe.exact = take_exact.to_text();
     pe.detail = take_detail;
     if partner_sum > 0 {
-        pe.detail = format!(
-            "{}{}keeps {} after partners",
-            pe.detail,
-            if pe.detail.is_empty() { "" } else { "; " },
-            take - partner_sum
-        );
+        // "<detail>; keeps N after partners", or without the "; " when there is no detail.
+        let mut detail = String::with_capacity(pe.detail.len() + 40);
+        detail.push_str(&pe.detail);
+        if !pe.detail.is_empty() {
+            detail.push_str("; ");
+        }
+        detail.push_str("keeps ");
+        push_int(&mut detail, take - partner_sum);
+        detail.push_str(" after partners");
+        pe.detail = detail;
     }
     shares.push(share(Account::Platform, take - partner_sum, pe));
     for (id, amount, e) in partner_amounts {
@@ -908,4 +950,35 @@ pub fn compute_with(
     };
     result.check()?;
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ruleset;
+
+    #[test]
+    fn month_keys_and_integers_print_like_format() {
+        let rs = ruleset::compile("timezone: Asia/Shanghai\nrules: [{id: r, levels: [\"0.1\"]}]")
+            .ruleset
+            .unwrap();
+        for (y, m, d, h) in [
+            (2026, 11, 30, 17),
+            (2026, 12, 31, 15),
+            (999, 1, 1, 0),
+            (10_000, 3, 1, 0),
+        ] {
+            let at = chrono::TimeZone::with_ymd_and_hms(&Utc, y, m, d, h, 0, 0).unwrap();
+            let local = at.with_timezone(&rs.timezone);
+            assert_eq!(
+                month_key(at, &rs),
+                format!("{:04}-{:02}", local.year(), local.month())
+            );
+        }
+        for v in [0, 7, -7, 10, 1234567, i64::MAX, i64::MIN] {
+            let mut s = String::from("x");
+            push_int(&mut s, v);
+            assert_eq!(s, format!("x{v}"));
+        }
+    }
 }
