@@ -486,10 +486,15 @@ fn level_amount(
         Some(a) => x.add(a),
         None => x.clone(),
     };
+    // Without an adjustment the rate is the rule's own, whose text is already rendered.
+    let text = |rate: &Exact, i: usize| match (&add, rule.rate_texts.get(i)) {
+        (None, Some(t)) => t.clone(),
+        _ => rate.to_text(),
+    };
     let (amount, rate) = match &rule.schedule {
         Schedule::Rates(r) => {
             let rate = plus(&r[k as usize - 1]);
-            (rate.mul(base_x), rate.to_text())
+            (rate.mul(base_x), text(&rate, k as usize - 1))
         }
         Schedule::Fixed(f) => {
             let per_unit = cur.major_to_minor(&f[k as usize - 1]);
@@ -505,7 +510,7 @@ fn level_amount(
         }
         Schedule::Ladder(l) => {
             let rate = plus(&l.levels[k as usize - 2]);
-            (rate.mul(base_x), rate.to_text())
+            (rate.mul(base_x), text(&rate, k as usize - 2))
         }
     };
     (amount, rate, ids)

@@ -410,6 +410,28 @@ impl Backwards {
 
 const POW10_19: u128 = 10_000_000_000_000_000_000;
 
+/// 10^0 ..= 10^19.
+const POW10: [u64; 20] = {
+    let mut t = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        t[i] = t[i - 1] * 10;
+        i += 1;
+    }
+    t
+};
+
+/// 5^0 ..= 5^28.
+const POW5: [u128; 29] = {
+    let mut t = [1u128; 29];
+    let mut i = 1;
+    while i < 29 {
+        t[i] = t[i - 1] * 5;
+        i += 1;
+    }
+    t
+};
+
 /// Largest mantissa of a `Decimal` (2^96 − 1): beyond it [`fmt_small`] shows `n/d`.
 const MAX_DECIMAL_MANTISSA: u128 = (1 << 96) - 1;
 
@@ -434,7 +456,7 @@ fn render_narrow(n: i64, d: i64) -> Backwards {
     let digits = twos.max(fives);
     if rest == 1 && digits <= 28 {
         // 10^k / d = 2^(k−a)·5^(k−b) for d = 2^a·5^b, k = max(a, b); at most 10^28.
-        let scale = (1u128 << (digits - twos)) * 5u128.pow(digits - fives);
+        let scale = (1u128 << (digits - twos)) * POW5[(digits - fives) as usize];
         if let Some(mantissa) = u128::from(m)
             .checked_mul(scale)
             .filter(|v| *v <= MAX_DECIMAL_MANTISSA)
@@ -458,7 +480,7 @@ fn render_narrow(n: i64, d: i64) -> Backwards {
             }
             match u64::try_from(mantissa) {
                 Ok(small) if k <= 19 => {
-                    let unit = 10u64.pow(k);
+                    let unit = POW10[k as usize];
                     if k > 0 {
                         t.digits_exact(small % unit, k);
                         t.byte(b'.');
