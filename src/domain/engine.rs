@@ -6,7 +6,7 @@
 //! each share is rounded, and the result is checked against the money invariants before
 //! it is returned.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
 use chrono::{DateTime, Datelike, Duration, Utc};
 
@@ -15,12 +15,12 @@ use super::money::Currency;
 use super::network::{self, NetworkSnapshot, PromoterNode, MAX_UPLINE_WALK};
 use super::order::{Funder, Line, Order};
 use super::ruleset::{
-    AttributionModel, Base, Conditions, CouponInBase, Ladder, LadderMode, Metric, Rule, RuleSet,
-    Schedule,
+    Adjustment, AttributionModel, Base, Conditions, CouponInBase, Ladder, LadderMode, Metric, Rule,
+    RuleSet, Schedule,
 };
 use super::split::{
-    Account, AccountAmount, ChainMember, Explanation, InvariantViolation, LineSplit, Share,
-    ShareKind, SplitResult, WeightEntry,
+    same_id, Account, AccountAmount, ChainMember, Explanation, InvariantViolation, LineSplit,
+    Share, ShareKind, SplitResult, WeightEntry,
 };
 
 /// What the store knows at commit time that changes money: read in the same transaction
@@ -52,7 +52,45 @@ pub enum EngineError {
 /// The calendar month of `at` in the rule set's zone, e.g. "2026-11".
 pub fn month_key(at: DateTime<Utc>, rs: &RuleSet) -> String {
     let local = at.with_timezone(&rs.timezone);
-    format!("{:04}-{:02}", local.year(), local.month())
+    let (year, month) = (local.year(), local.month());
+    if !(0..=9999).contains(&year) {
+        return format!("{year:04}-{month:02}");
+    }
+    // The same text as the format above, without the formatting machinery.
+    let mut out = String::with_capacity(7);
+    let y = year as u32;
+    for d in [
+        y / 1000,
+        y / 100 % 10,
+        y / 10 % 10,
+        y % 10,
+        month / 10,
+        month % 10,
+    ] {
+        if out.len() == 4 {
+            out.push('-');
+        }
+        out.push(char::from(b'0' + d as u8));
+    }
+    out
+}
+
+/// Appends the decimal digits of `v` (what `{v}` prints).
+fn push_int(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let (mut i, mut m) = (digits.len(), v.unsigned_abs());
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&b| char::from(b)));
 }
 
 // ---------------------------------------------------------------- attribution
@@ -247,8 +285,19 @@ struct Facts<'a> {
     sales_major: Exact,
 }
 
+/// Set membership. Most condition lists hold one or two ids: comparing with the first
+/// and last is cheaper than the tree search (unequal lengths need no byte compare).
+fn contains(s: &std::collections::BTreeSet<String>, v: &str) -> bool {
+    match s.len() {
+        0 => false,
+        1 => s.first().is_some_and(|x| x == v),
+        2 => s.first().is_some_and(|x| x == v) || s.last().is_some_and(|x| x == v),
+        _ => s.contains(v),
+    }
+}
+
 fn in_set(set: &Option<std::collections::BTreeSet<String>>, v: &str) -> bool {
-    set.as_ref().is_none_or(|s| s.contains(v))
+    set.as_ref().is_none_or(|s| contains(s, v))
 }
 
 fn matches(c: &Conditions, f: &Facts, line: &Line) -> bool {
@@ -258,7 +307,7 @@ fn matches(c: &Conditions, f: &Facts, line: &Line) -> bool {
         && in_set(&c.channel, f.order.channel_id())
         && c.tags
             .as_ref()
-            .is_none_or(|t| f.order.tags.iter().any(|x| t.contains(x)))
+            .is_none_or(|t| f.order.tags.iter().any(|x| contains(t, x)))
         && c.promoter_grade
             .as_ref()
             .is_none_or(|g| f.grade.is_some_and(|x| g.contains(x)))
@@ -403,10 +452,72 @@ fn platform_rate(
 struct Piece {
     promoter: String,
     exact: Exact,
+    /// Its rounded amount (stage 8b), then guarded (stage 9).
+    rounded: i64,
     expl: Explanation,
 }
 
-/// Stages 7–8: the exact pieces of a line (before cap), per level and promoter.
+/// The exact amount of a level, the rate shown for it and the adjustments in it.
+#[allow(clippy::too_many_arguments)]
+fn level_amount(
+    k: u32,
+    rule: &Rule,
+    adjustments: &[&Adjustment],
+    order: &Order,
+    line: &Line,
+    base_x: &Exact,
+    ctx: &Context,
+) -> (Exact, String, Vec<String>) {
+    let cur = order.currency;
+    // Adjustment additions of this level (rate schedules only), in document order.
+    let mut add: Option<Exact> = None;
+    let mut ids = Vec::new();
+    if !matches!(rule.schedule, Schedule::Fixed(_)) {
+        for a in adjustments.iter().filter(|a| a.level == k) {
+            add = Some(match add {
+                Some(x) => x.add(&a.add),
+                None => Exact::zero().add(&a.add),
+            });
+            ids.push(a.id.clone());
+        }
+    }
+    // x + 0 is x exactly: skip the addition when no adjustment applies.
+    let plus = |x: &Exact| match &add {
+        Some(a) => x.add(a),
+        None => x.clone(),
+    };
+    // Without an adjustment the rate is the rule's own, whose text is already rendered.
+    let text = |rate: &Exact, i: usize| match (&add, rule.rate_texts.get(i)) {
+        (None, Some(t)) => t.clone(),
+        _ => rate.to_text(),
+    };
+    let (amount, rate) = match &rule.schedule {
+        Schedule::Rates(r) => {
+            let rate = plus(&r[k as usize - 1]);
+            (rate.mul(base_x), text(&rate, k as usize - 1))
+        }
+        Schedule::Fixed(f) => {
+            let per_unit = cur.major_to_minor(&f[k as usize - 1]);
+            (
+                per_unit.mul(&Exact::int(i128::from(line.quantity))),
+                format!("{} per unit", f[k as usize - 1]),
+            )
+        }
+        Schedule::Ladder(l) if k == 1 => {
+            let (_, eff) = ladder_amount(l, cur, prior_volume(l.metric, ctx), order.sales());
+            let rate = plus(&eff);
+            (rate.mul(base_x), rate.to_text())
+        }
+        Schedule::Ladder(l) => {
+            let rate = plus(&l.levels[k as usize - 2]);
+            (rate.mul(base_x), text(&rate, k as usize - 2))
+        }
+    };
+    (amount, rate, ids)
+}
+
+/// Stages 7–8: the exact pieces of a line (before cap), per level and promoter. A level's
+/// amount and rate text are computed only when some promoter receives it.
 #[allow(clippy::too_many_arguments)]
 fn commission_pieces(
     rs: &RuleSet,
@@ -420,65 +531,30 @@ fn commission_pieces(
     notes: &mut Vec<String>,
 ) -> Vec<Piece> {
     let order = facts.order;
-    let cur = order.currency;
     let base_x = Exact::int(i128::from(base));
-    // Adjustment additions per level (rate schedules only).
-    let mut adds: BTreeMap<u32, (Exact, Vec<String>)> = BTreeMap::new();
-    if !matches!(rule.schedule, Schedule::Fixed(_)) {
-        for a in rs
-            .adjustments
+    let adjustments: Vec<&Adjustment> = if matches!(rule.schedule, Schedule::Fixed(_)) {
+        Vec::new()
+    } else {
+        rs.adjustments
             .iter()
             .filter(|a| matches(&a.when, facts, line))
-        {
-            let e = adds
-                .entry(a.level)
-                .or_insert_with(|| (Exact::zero(), vec![]));
-            e.0 = e.0.add(&a.add);
-            e.1.push(a.id.clone());
-        }
-    }
-    // (exact amount for the level, rate shown)
+            .collect()
+    };
+    let level = |k: u32| level_amount(k, rule, &adjustments, order, line, &base_x, ctx);
     let levels = rule.schedule.len().min(rs.max_levels as usize);
-    let mut per_level: Vec<(Exact, String, Vec<String>)> = Vec::with_capacity(levels);
-    for k in 1..=levels as u32 {
-        let (add, ids) = adds
-            .get(&k)
-            .cloned()
-            .unwrap_or_else(|| (Exact::zero(), vec![]));
-        let (amount, rate) = match &rule.schedule {
-            Schedule::Rates(r) => {
-                let rate = r[k as usize - 1].add(&add);
-                (rate.mul(&base_x), rate.to_string())
-            }
-            Schedule::Fixed(f) => {
-                let per_unit = cur.major_to_minor(&f[k as usize - 1]);
-                (
-                    per_unit.mul(&Exact::int(i128::from(line.quantity))),
-                    format!("{} per unit", f[k as usize - 1]),
-                )
-            }
-            Schedule::Ladder(l) if k == 1 => {
-                let (_, eff) = ladder_amount(l, cur, prior_volume(l.metric, ctx), order.sales());
-                let rate = eff.add(&add);
-                (rate.mul(&base_x), rate.to_string())
-            }
-            Schedule::Ladder(l) => {
-                let rate = l.levels[k as usize - 2].add(&add);
-                (rate.mul(&base_x), rate.to_string())
-            }
-        };
-        per_level.push((amount, rate, ids));
-    }
-    let mut pieces = Vec::new();
-    let expl = |level: u32, rate: &str, ids: &[String]| {
+    let mut pieces = Vec::with_capacity(att.weights.len() + levels.saturating_sub(1));
+    let expl = |level: u32, rate: String, ids: Vec<String>| {
         let mut e = Explanation::of(ShareKind::Commission, base);
         e.rule_id = rule.id.clone();
         e.level = level;
-        e.rate = rate.to_string();
-        e.adjustments = ids.to_vec();
+        e.rate = rate;
+        e.adjustments = ids;
         e
     };
-    if let Some((amount1, rate1, ids1)) = per_level.first() {
+    if levels >= 1 {
+        let active = att.weights.iter().filter(|w| w.node.is_active()).count();
+        let mut level1: Option<(Exact, String, Vec<String>)> = None;
+        let mut given = 0;
         for w in &att.weights {
             if !w.node.is_active() {
                 notes.push(format!(
@@ -487,29 +563,39 @@ fn commission_pieces(
                 ));
                 continue;
             }
-            let mut e = expl(1, rate1, ids1);
-            e.weight = w.weight.to_string();
+            let (amount1, rate1, ids1) = level1.get_or_insert_with(|| level(1));
+            given += 1;
+            // The last piece takes the texts, the others copy them.
+            let (rate, ids) = if given == active {
+                (std::mem::take(rate1), std::mem::take(ids1))
+            } else {
+                (rate1.clone(), ids1.clone())
+            };
+            let mut e = expl(1, rate, ids);
+            e.weight = w.weight.to_text();
             pieces.push(Piece {
                 promoter: w.node.id.clone(),
                 exact: amount1.mul(&w.weight),
+                rounded: 0,
                 expl: e,
             });
         }
     }
-    for (k, (amount, rate, ids)) in per_level.iter().enumerate().skip(1) {
-        let level = k as u32 + 1;
-        match chain.get(k - 1) {
+    for k in 2..=levels as u32 {
+        match chain.get(k as usize - 2) {
             Some(l) if l.node.is_active() => {
-                let mut e = expl(level, rate, ids);
+                let (amount, rate, ids) = level(k);
+                let mut e = expl(k, rate, ids);
                 e.compressed = l.compressed;
                 pieces.push(Piece {
                     promoter: l.node.id.clone(),
-                    exact: amount.clone(),
+                    exact: amount,
+                    rounded: 0,
                     expl: e,
                 });
             }
             Some(l) => notes.push(format!(
-                "line {}: level {level} ancestor {} is {}; its share stays with the merchant",
+                "line {}: level {k} ancestor {} is {}; its share stays with the merchant",
                 line.id, l.node.id, l.node.status
             )),
             None => {}
@@ -557,13 +643,14 @@ fn split_line(
         take_detail = "clamped so that fee + take never exceed the line".into();
     }
     let take_x = Exact::int(i128::from(take));
-    let mut partner_amounts: Vec<(String, i64, Explanation)> = Vec::new();
+    let mut partner_amounts: Vec<(String, i64, Explanation)> =
+        Vec::with_capacity(rs.partners.len());
     for p in &rs.partners {
         let exact = p.share.mul(&take_x);
         let amount = round(&exact, rs.rounding)?;
         let mut e = Explanation::of(ShareKind::Partner, take);
-        e.rate = p.share.to_string();
-        e.exact = exact.to_string();
+        e.rate = p.share.to_text();
+        e.exact = exact.to_text();
         partner_amounts.push((p.id.clone(), amount, e));
     }
     let partner_sum: i64 = partner_amounts.iter().map(|p| p.1).sum();
@@ -593,65 +680,72 @@ fn split_line(
             }
         }
     }
-    let mut rounded: Vec<i64> = Vec::with_capacity(pieces.len());
     for p in &mut pieces {
-        p.expl.exact = p.exact.to_string();
-        rounded.push(round(&p.exact, rs.rounding)?.max(0));
+        p.expl.exact = p.exact.to_text();
+        p.rounded = round(&p.exact, rs.rounding)?.max(0);
     }
     // Stage 9: guard.
-    let promoters: i64 = rounded
+    let promoters: i64 = pieces
         .iter()
-        .try_fold(0i64, |s, v| s.checked_add(*v))
+        .try_fold(0i64, |s, p| s.checked_add(p.rounded))
         .ok_or(EngineError::Overflow)?;
     let avail = d - fee - take;
     if promoters > avail {
-        for (p, r) in pieces.iter_mut().zip(rounded.iter_mut()) {
-            *r = (i128::from(*r) * i128::from(avail) / i128::from(promoters)) as i64;
+        for p in &mut pieces {
+            p.rounded = (i128::from(p.rounded) * i128::from(avail) / i128::from(promoters)) as i64;
             p.expl.guarded = true;
         }
     }
-    let promoters: i64 = rounded.iter().sum();
+    let promoters: i64 = pieces.iter().map(|p| p.rounded).sum();
     // Stage 10: merchant residual.
     let merchant = d - fee - take - promoters;
-    let mut shares = vec![share(
+    let mut shares = Vec::with_capacity(3 + partner_amounts.len() + pieces.len());
+    shares.push(share(
         Account::Merchant(order.merchant.clone()),
         merchant,
         Explanation::of(ShareKind::MerchantResidual, d),
-    )];
+    ));
     let mut pe = Explanation::of(ShareKind::PlatformTake, d);
-    pe.rate = p_rate.to_string();
-    pe.exact = take_exact.to_string();
+    pe.rate = p_rate.to_text();
+    pe.exact = take_exact.to_text();
     pe.detail = take_detail;
     if partner_sum > 0 {
-        pe.detail = format!(
-            "{}{}keeps {} after partners",
-            pe.detail,
-            if pe.detail.is_empty() { "" } else { "; " },
-            take - partner_sum
-        );
+        // "<detail>; keeps N after partners", or without the "; " when there is no detail.
+        let mut detail = String::with_capacity(pe.detail.len() + 40);
+        detail.push_str(&pe.detail);
+        if !pe.detail.is_empty() {
+            detail.push_str("; ");
+        }
+        detail.push_str("keeps ");
+        push_int(&mut detail, take - partner_sum);
+        detail.push_str(" after partners");
+        pe.detail = detail;
     }
     shares.push(share(Account::Platform, take - partner_sum, pe));
     for (id, amount, e) in partner_amounts {
         shares.push(share(Account::Partner(id), amount, e));
     }
     let mut fe = Explanation::of(ShareKind::ChannelFee, d);
-    fe.rate = fee_rate.to_string();
-    fe.exact = fee_exact.to_string();
+    fe.rate = fee_rate.to_text();
+    fe.exact = fee_exact.to_text();
     shares.push(share(
         Account::Channel(order.channel_id().to_string()),
         fee,
         fe,
     ));
-    for (p, amount) in pieces.into_iter().zip(rounded) {
-        let acct = Account::Promoter(p.promoter);
-        match shares.iter_mut().find(|s| s.account == acct) {
+    let first_promoter = shares.len();
+    for p in pieces {
+        let known = shares[first_promoter..]
+            .iter_mut()
+            .find(|s| matches!(&s.account, Account::Promoter(id) if same_id(id, &p.promoter)));
+        match known {
             Some(s) => {
-                s.amount += amount;
+                s.amount += p.rounded;
                 s.explanations.push(p.expl);
             }
             None => shares.push(Share {
-                account: acct,
-                amount,
+                account: Account::Promoter(p.promoter),
+                amount: p.rounded,
                 explanations: vec![p.expl],
             }),
         }
@@ -674,8 +768,8 @@ fn split_shipping(rs: &RuleSet, order: &Order) -> Result<LineSplit, EngineError>
     let fee_exact = fee_rate.mul(&s_x);
     let fee = round(&fee_exact, rs.rounding)?.min(s);
     let mut fe = Explanation::of(ShareKind::ChannelFee, s);
-    fe.rate = fee_rate.to_string();
-    fe.exact = fee_exact.to_string();
+    fe.rate = fee_rate.to_text();
+    fe.exact = fee_exact.to_text();
     let mut me = Explanation::of(ShareKind::MerchantResidual, s);
     me.detail = "shipping carries no platform take and no commission".into();
     let mut shares = vec![share(
@@ -753,8 +847,15 @@ pub fn compute_with(
     if order.shipping > 0 {
         lines.push(split_shipping(rs, order)?);
     }
-    // Promoters' lowest level in the order fixes their place in the account order.
-    let mut level_of: Vec<(String, u32)> = Vec::new();
+    // Promoters' lowest level in the order fixes their place in the account order. Their
+    // ids are borrowed from the attribution and the chain the pieces came from.
+    let source_ids = || {
+        att.weights
+            .iter()
+            .map(|w| w.node.id.as_str())
+            .chain(chain.iter().map(|l| l.node.id.as_str()))
+    };
+    let mut level_of: Vec<(Cow<'_, str>, u32)> = Vec::new();
     for l in &lines {
         for s in &l.shares {
             if let Account::Promoter(id) = &s.account {
@@ -764,9 +865,15 @@ pub fn compute_with(
                     .map(|e| e.level)
                     .min()
                     .unwrap_or(u32::MAX);
-                match level_of.iter_mut().find(|x| &x.0 == id) {
+                match level_of.iter_mut().find(|x| same_id(&x.0, id)) {
                     Some(x) => x.1 = x.1.min(lv),
-                    None => level_of.push((id.clone(), lv)),
+                    None => {
+                        let key = match source_ids().find(|s| same_id(s, id)) {
+                            Some(s) => Cow::Borrowed(s),
+                            None => Cow::Owned(id.clone()),
+                        };
+                        level_of.push((key, lv));
+                    }
                 }
             }
         }
@@ -774,15 +881,16 @@ pub fn compute_with(
     let lvl = |id: &str| {
         level_of
             .iter()
-            .find(|x| x.0 == id)
+            .find(|x| same_id(&x.0, id))
             .map_or(u32::MAX, |x| x.1)
     };
-    let mut totals: Vec<AccountAmount> = Vec::new();
+    let mut totals: Vec<AccountAmount> =
+        Vec::with_capacity(lines.first().map_or(0, |l| l.shares.len()) + 1);
     for l in &mut lines {
         l.shares
             .sort_by(|a, b| a.account.order_cmp(&b.account, &lvl));
         for s in &l.shares {
-            match totals.iter_mut().find(|t| t.account == s.account) {
+            match totals.iter_mut().find(|t| t.account.same(&s.account)) {
                 Some(t) => {
                     t.amount = t
                         .amount
@@ -797,12 +905,12 @@ pub fn compute_with(
         }
     }
     totals.sort_by(|a, b| a.account.order_cmp(&b.account, &lvl));
-    let mut chain_out = Vec::new();
+    let mut chain_out = Vec::with_capacity(chain.len() + 1);
     if let Some(p) = &att.primary {
         chain_out.push(ChainMember {
             level: 1,
             promoter: p.id.clone(),
-            status: p.status.to_string(),
+            status: p.status.as_str().to_string(),
             grade: p.grade.clone().unwrap_or_default(),
         });
     }
@@ -810,7 +918,7 @@ pub fn compute_with(
         chain_out.push(ChainMember {
             level: k as u32 + 2,
             promoter: l.node.id.clone(),
-            status: l.node.status.to_string(),
+            status: l.node.status.as_str().to_string(),
             grade: l.node.grade.clone().unwrap_or_default(),
         });
     }
@@ -820,7 +928,7 @@ pub fn compute_with(
         .iter()
         .map(|w| WeightEntry {
             promoter: w.node.id.clone(),
-            weight: w.weight.to_string(),
+            weight: w.weight.to_text(),
             primary: Some(&w.node.id) == primary_id.as_ref(),
         })
         .collect();
@@ -847,4 +955,35 @@ pub fn compute_with(
     };
     result.check()?;
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ruleset;
+
+    #[test]
+    fn month_keys_and_integers_print_like_format() {
+        let rs = ruleset::compile("timezone: Asia/Shanghai\nrules: [{id: r, levels: [\"0.1\"]}]")
+            .ruleset
+            .unwrap();
+        for (y, m, d, h) in [
+            (2026, 11, 30, 17),
+            (2026, 12, 31, 15),
+            (999, 1, 1, 0),
+            (10_000, 3, 1, 0),
+        ] {
+            let at = chrono::TimeZone::with_ymd_and_hms(&Utc, y, m, d, h, 0, 0).unwrap();
+            let local = at.with_timezone(&rs.timezone);
+            assert_eq!(
+                month_key(at, &rs),
+                format!("{:04}-{:02}", local.year(), local.month())
+            );
+        }
+        for v in [0, 7, -7, 10, 1234567, i64::MAX, i64::MIN] {
+            let mut s = String::from("x");
+            push_int(&mut s, v);
+            assert_eq!(s, format!("x{v}"));
+        }
+    }
 }

@@ -47,6 +47,151 @@ fn shrink(r: BigRational) -> Exact {
     }
 }
 
+// ---------------------------------------------------------------- 64-bit fast path
+//
+// Almost every value of a split (rates with a few decimals, amounts in minor units) has
+// a numerator and a denominator below 2^63. For those, the products and sums below fit in
+// i128 without any check, the gcds run on u64 (binary gcd, no division) and the
+// divisions are hardware u64 divisions. The results are the same reduced fractions that
+// `Ratio<i128>` computes (a reduced fraction with a positive denominator is unique), so
+// the value, and whether it is `Small` or `Big`, never depends on the path taken.
+
+/// `(n, d)` of a reduced `Small` when |n| < 2^63 and 0 < d < 2^63.
+#[inline]
+fn narrow(r: &Ratio<i128>) -> Option<(i64, i64)> {
+    let n = i64::try_from(*r.numer()).ok()?;
+    let d = i64::try_from(*r.denom()).ok()?;
+    (n != i64::MIN).then_some((n, d))
+}
+
+/// Binary gcd; gcd(0, b) = b.
+#[inline]
+fn gcd_u64(mut a: u64, mut b: u64) -> u64 {
+    if a == 0 {
+        return b;
+    }
+    if b == 0 {
+        return a;
+    }
+    if a == 1 || b == 1 {
+        return 1;
+    }
+    let shift = (a | b).trailing_zeros();
+    a >>= a.trailing_zeros();
+    loop {
+        b >>= b.trailing_zeros();
+        if a > b {
+            std::mem::swap(&mut a, &mut b);
+        }
+        b -= a;
+        if b == 0 {
+            return a << shift;
+        }
+    }
+}
+
+/// x / g for g > 0, on u64 when x fits.
+#[inline]
+fn div_u128(x: u128, g: u64) -> u128 {
+    match u64::try_from(x) {
+        Ok(x) => u128::from(x / g),
+        Err(_) => x / u128::from(g),
+    }
+}
+
+/// x mod g for g > 0, on u64 when x fits.
+#[inline]
+fn rem_u128(x: u128, g: u64) -> u64 {
+    match u64::try_from(x) {
+        Ok(x) => x % g,
+        Err(_) => (x % u128::from(g)) as u64,
+    }
+}
+
+/// ±magnitude as an i128 (magnitude < 2^127).
+#[inline]
+fn signed(negative: bool, magnitude: u128) -> i128 {
+    let m = magnitude as i128;
+    if negative {
+        -m
+    } else {
+        m
+    }
+}
+
+/// (n1/d1)·(n2/d2), both reduced and narrow. Cross-cancelling first leaves the product
+/// reduced: gcd(n1/g1 · n2/g2, d1/g2 · d2/g1) = 1.
+#[inline]
+fn mul_narrow((n1, d1): (i64, i64), (n2, d2): (i64, i64)) -> Ratio<i128> {
+    if n1 == 0 || n2 == 0 {
+        return Ratio::zero();
+    }
+    let g1 = gcd_u64(n1.unsigned_abs(), d2 as u64) as i64;
+    let g2 = gcd_u64(n2.unsigned_abs(), d1 as u64) as i64;
+    // Each factor is below 2^63, so each product is below 2^126.
+    let n = i128::from(n1 / g1) * i128::from(n2 / g2);
+    let d = i128::from(d1 / g2) * i128::from(d2 / g1);
+    Ratio::new_raw(n, d)
+}
+
+/// (n1/d1) + (n2/d2), both reduced and narrow (Knuth 4.5.1: with g = gcd(d1, d2), the
+/// only common factors of the new numerator and denominator divide g).
+#[inline]
+fn add_narrow((n1, d1): (i64, i64), (n2, d2): (i64, i64)) -> Ratio<i128> {
+    if n2 == 0 {
+        return Ratio::new_raw(i128::from(n1), i128::from(d1));
+    }
+    if n1 == 0 {
+        return Ratio::new_raw(i128::from(n2), i128::from(d2));
+    }
+    if d1 == d2 {
+        // |n1 + n2| < 2^64.
+        let n = i128::from(n1) + i128::from(n2);
+        if n == 0 {
+            return Ratio::zero();
+        }
+        let m = n.unsigned_abs() as u64;
+        let g = gcd_u64(m, d1 as u64);
+        return Ratio::new_raw(signed(n < 0, u128::from(m / g)), i128::from(d1 / g as i64));
+    }
+    let g = gcd_u64(d1 as u64, d2 as u64) as i64;
+    let (e1, e2) = (d1 / g, d2 / g);
+    // |n1·e2| and |n2·e1| are below 2^126: the sum cannot overflow.
+    let t = i128::from(n1) * i128::from(e2) + i128::from(n2) * i128::from(e1);
+    if t == 0 {
+        return Ratio::zero();
+    }
+    let d = i128::from(d1) * i128::from(e2);
+    if g == 1 {
+        return Ratio::new_raw(t, d);
+    }
+    let m = t.unsigned_abs();
+    let h = gcd_u64(rem_u128(m, g as u64), g as u64);
+    if h == 1 {
+        return Ratio::new_raw(t, d);
+    }
+    Ratio::new_raw(
+        signed(t < 0, div_u128(m, h)),
+        div_u128(d as u128, h) as i128,
+    )
+}
+
+/// −(n/d) of a narrow value (narrow values exclude i64::MIN).
+#[inline]
+fn neg_narrow((n, d): (i64, i64)) -> (i64, i64) {
+    (-n, d)
+}
+
+/// 1/(n/d) of a narrow, non-zero value, with a positive denominator.
+#[inline]
+fn recip_narrow((n, d): (i64, i64)) -> (i64, i64) {
+    if n < 0 {
+        (-d, -n)
+    } else {
+        (d, n)
+    }
+}
+
 impl Exact {
     /// Zero.
     pub fn zero() -> Self {
@@ -105,6 +250,9 @@ impl Exact {
     /// self + other.
     pub fn add(&self, other: &Exact) -> Exact {
         if let (Exact::Small(a), Exact::Small(b)) = (self, other) {
+            if let (Some(x), Some(y)) = (narrow(a), narrow(b)) {
+                return Exact::Small(add_narrow(x, y));
+            }
             if let Some(r) = a.checked_add(b) {
                 return Exact::Small(r);
             }
@@ -115,6 +263,9 @@ impl Exact {
     /// self - other.
     pub fn sub(&self, other: &Exact) -> Exact {
         if let (Exact::Small(a), Exact::Small(b)) = (self, other) {
+            if let (Some(x), Some(y)) = (narrow(a), narrow(b)) {
+                return Exact::Small(add_narrow(x, neg_narrow(y)));
+            }
             if let Some(r) = a.checked_sub(b) {
                 return Exact::Small(r);
             }
@@ -125,6 +276,9 @@ impl Exact {
     /// self × other.
     pub fn mul(&self, other: &Exact) -> Exact {
         if let (Exact::Small(a), Exact::Small(b)) = (self, other) {
+            if let (Some(x), Some(y)) = (narrow(a), narrow(b)) {
+                return Exact::Small(mul_narrow(x, y));
+            }
             if let Some(r) = a.checked_mul(b) {
                 return Exact::Small(r);
             }
@@ -138,6 +292,9 @@ impl Exact {
             return None;
         }
         if let (Exact::Small(a), Exact::Small(b)) = (self, other) {
+            if let (Some(x), Some(y)) = (narrow(a), narrow(b)) {
+                return Some(Exact::Small(mul_narrow(x, recip_narrow(y))));
+            }
             // a/b = (an·bd)/(ad·bn); checked through the reciprocal.
             let recip = Ratio::new_raw(*b.denom(), *b.numer());
             let recip = if recip.denom().is_negative() {
@@ -170,17 +327,195 @@ impl Exact {
         }
     }
 
+    /// The `Display` text, allocated once at its exact length.
+    pub fn to_text(&self) -> String {
+        match self {
+            Exact::Small(r) => match narrow(r) {
+                Some((n, d)) => render_narrow(n, d).as_str().to_owned(),
+                None => self.to_string(),
+            },
+            Exact::Big(_) => self.to_string(),
+        }
+    }
+
     /// Rounds to an integer with the given mode; `None` if it does not fit in i64.
     pub fn round_to_i64(&self, mode: Rounding) -> Option<i64> {
         match self {
-            Exact::Small(r) => round_small(r, mode).and_then(|v| i64::try_from(v).ok()),
+            Exact::Small(r) => match narrow(r) {
+                Some((n, d)) => Some(round_narrow(n, d, mode)),
+                None => round_small(r, mode).and_then(|v| i64::try_from(v).ok()),
+            },
             Exact::Big(r) => round_big(r, mode).to_i64(),
         }
     }
 }
 
+/// Text written right to left into a stack buffer, then handed to the formatter once.
+/// Large enough for `-n/d` with 19-digit n and d, and for `-w.f` with 29 digits and 28
+/// fraction digits.
+struct Backwards {
+    buf: [u8; 64],
+    start: usize,
+}
+
+impl Backwards {
+    fn new() -> Self {
+        Backwards {
+            buf: [0; 64],
+            start: 64,
+        }
+    }
+    fn byte(&mut self, b: u8) {
+        self.start -= 1;
+        self.buf[self.start] = b;
+    }
+    /// Exactly `width` digits of `x` (x < 10^width), zero-padded on the left.
+    fn digits_exact(&mut self, mut x: u64, width: u32) {
+        for _ in 0..width {
+            self.byte(b'0' + (x % 10) as u8);
+            x /= 10;
+        }
+    }
+    /// The digits of `x`, at least one.
+    fn uint(&mut self, mut x: u64) {
+        loop {
+            self.byte(b'0' + (x % 10) as u8);
+            x /= 10;
+            if x == 0 {
+                return;
+            }
+        }
+    }
+    /// The digits of a u128, in 19-digit chunks of u64 arithmetic.
+    fn uint128(&mut self, mut x: u128) {
+        while x > u128::from(u64::MAX) {
+            self.digits_exact((x % POW10_19) as u64, 19);
+            x /= POW10_19;
+        }
+        self.uint(x as u64);
+    }
+    /// Exactly `width` digits of a u128 (x < 10^width).
+    fn digits_exact128(&mut self, mut x: u128, mut width: u32) {
+        while width > 19 {
+            self.digits_exact((x % POW10_19) as u64, 19);
+            x /= POW10_19;
+            width -= 19;
+        }
+        self.digits_exact(x as u64, width);
+    }
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[self.start..]).expect("ASCII")
+    }
+}
+
+const POW10_19: u128 = 10_000_000_000_000_000_000;
+
+/// 10^0 ..= 10^19.
+const POW10: [u64; 20] = {
+    let mut t = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        t[i] = t[i - 1] * 10;
+        i += 1;
+    }
+    t
+};
+
+/// 5^0 ..= 5^28.
+const POW5: [u128; 29] = {
+    let mut t = [1u128; 29];
+    let mut i = 1;
+    while i < 29 {
+        t[i] = t[i - 1] * 5;
+        i += 1;
+    }
+    t
+};
+
+/// Largest mantissa of a `Decimal` (2^96 − 1): beyond it [`fmt_small`] shows `n/d`.
+const MAX_DECIMAL_MANTISSA: u128 = (1 << 96) - 1;
+
+/// The text of [`fmt_small`] for a narrow value, without `Decimal` or `i128` division.
+fn render_narrow(n: i64, d: i64) -> Backwards {
+    let mut t = Backwards::new();
+    let (neg, m) = (n < 0, n.unsigned_abs());
+    if d == 1 {
+        t.uint(m);
+        if neg {
+            t.byte(b'-');
+        }
+        return t;
+    }
+    let du = d as u64;
+    let twos = du.trailing_zeros();
+    let (mut rest, mut fives) = (du >> twos, 0u32);
+    while rest % 5 == 0 {
+        rest /= 5;
+        fives += 1;
+    }
+    let digits = twos.max(fives);
+    if rest == 1 && digits <= 28 {
+        // 10^k / d = 2^(k−a)·5^(k−b) for d = 2^a·5^b, k = max(a, b); at most 10^28.
+        let scale = (1u128 << (digits - twos)) * POW5[(digits - fives) as usize];
+        if let Some(mantissa) = u128::from(m)
+            .checked_mul(scale)
+            .filter(|v| *v <= MAX_DECIMAL_MANTISSA)
+        {
+            // What `Decimal` prints after `normalize`: sign, whole part (0 if none), the
+            // point and the fraction without trailing zeros (a reduced n/d has none, but
+            // the text must not depend on that).
+            let (mut mantissa, mut k) = (mantissa, digits);
+            if let Ok(small) = u64::try_from(mantissa) {
+                let mut small = small;
+                while k > 0 && small % 10 == 0 {
+                    small /= 10;
+                    k -= 1;
+                }
+                mantissa = u128::from(small);
+            } else {
+                while k > 0 && mantissa % 10 == 0 {
+                    mantissa /= 10;
+                    k -= 1;
+                }
+            }
+            match u64::try_from(mantissa) {
+                Ok(small) if k <= 19 => {
+                    let unit = POW10[k as usize];
+                    if k > 0 {
+                        t.digits_exact(small % unit, k);
+                        t.byte(b'.');
+                    }
+                    t.uint(small / unit);
+                }
+                _ => {
+                    let unit = 10u128.pow(k);
+                    if k > 0 {
+                        t.digits_exact128(mantissa % unit, k);
+                        t.byte(b'.');
+                    }
+                    t.uint128(mantissa / unit);
+                }
+            }
+            if neg {
+                t.byte(b'-');
+            }
+            return t;
+        }
+    }
+    t.uint(du);
+    t.byte(b'/');
+    t.uint(m);
+    if neg {
+        t.byte(b'-');
+    }
+    t
+}
+
 /// Display without leaving i128 (explanations render a few dozen rates per split).
 fn fmt_small(r: &Ratio<i128>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    if let Some((n, d)) = narrow(r) {
+        return f.write_str(render_narrow(n, d).as_str());
+    }
     let (n, d) = (*r.numer(), *r.denom());
     if d == 1 {
         return write!(f, "{n}");
@@ -205,6 +540,36 @@ fn fmt_small(r: &Ratio<i128>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         }
     }
     write!(f, "{n}/{d}")
+}
+
+/// [`round_small`] on a narrow value (d > 0): cannot overflow, |q| < |n| when rem ≠ 0.
+fn round_narrow(n: i64, d: i64, mode: Rounding) -> i64 {
+    let (q, rem) = (n / d, n % d);
+    match mode {
+        Rounding::Down => q,
+        Rounding::HalfUp | Rounding::HalfEven => {
+            if rem == 0 {
+                return q;
+            }
+            let arem = rem.abs();
+            let other = d - arem;
+            let away = match arem.cmp(&other) {
+                Ordering::Greater => true,
+                Ordering::Less => false,
+                Ordering::Equal => match mode {
+                    Rounding::HalfUp => true,
+                    _ => q % 2 != 0,
+                },
+            };
+            if !away {
+                q
+            } else if n < 0 {
+                q - 1
+            } else {
+                q + 1
+            }
+        }
+    }
 }
 
 fn round_small(r: &Ratio<i128>, mode: Rounding) -> Option<i128> {
@@ -278,7 +643,13 @@ impl PartialOrd for Exact {
 impl Ord for Exact {
     fn cmp(&self, other: &Self) -> Ordering {
         match (self, other) {
-            (Exact::Small(a), Exact::Small(b)) => a.cmp(b),
+            (Exact::Small(a), Exact::Small(b)) => match (narrow(a), narrow(b)) {
+                // d > 0: n1/d1 ? n2/d2 ⇔ n1·d2 ? n2·d1, exactly in i128.
+                (Some((n1, d1)), Some((n2, d2))) => {
+                    (i128::from(n1) * i128::from(d2)).cmp(&(i128::from(n2) * i128::from(d1)))
+                }
+                _ => a.cmp(b),
+            },
             _ => self.to_big().cmp(&other.to_big()),
         }
     }
@@ -382,6 +753,183 @@ mod tests {
         assert_eq!(dec("0.125").to_string(), "0.125");
         assert_eq!(Exact::ratio(1, 3).unwrap().to_string(), "1/3");
         assert_eq!(Exact::int(7).to_string(), "7");
+    }
+
+    /// The pre-fast-path `Display` of a small value, kept as the oracle of `fmt_narrow`.
+    fn reference_fmt_small(r: &Ratio<i128>) -> String {
+        let (n, d) = (*r.numer(), *r.denom());
+        if d == 1 {
+            return format!("{n}");
+        }
+        let (mut rest, mut twos, mut fives) = (d, 0u32, 0u32);
+        while rest % 2 == 0 {
+            rest /= 2;
+            twos += 1;
+        }
+        while rest % 5 == 0 {
+            rest /= 5;
+            fives += 1;
+        }
+        let digits = twos.max(fives);
+        if rest == 1 && digits <= 28 {
+            let scale = 10i128.pow(digits) / d;
+            if let Some(m) = n.checked_mul(scale) {
+                if let Ok(dec) = Decimal::try_from_i128_with_scale(m, digits) {
+                    return format!("{}", dec.normalize());
+                }
+            }
+        }
+        format!("{n}/{d}")
+    }
+
+    /// Exact arithmetic on big rationals, back to `Small` whenever it fits: what every
+    /// operation must return, whatever path it takes.
+    fn reference(op: u8, a: &Exact, b: &Exact) -> Option<Exact> {
+        let (x, y) = (a.to_big(), b.to_big());
+        Some(shrink(match op {
+            0 => x + y,
+            1 => x - y,
+            2 => x * y,
+            _ => {
+                if y.is_zero() {
+                    return None;
+                }
+                x / y
+            }
+        }))
+    }
+
+    fn same(a: &Exact, b: &Exact) -> bool {
+        match (a, b) {
+            (Exact::Small(x), Exact::Small(y)) => x.numer() == y.numer() && x.denom() == y.denom(),
+            (Exact::Big(x), Exact::Big(y)) => x.numer() == y.numer() && x.denom() == y.denom(),
+            _ => false,
+        }
+    }
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let x = self.0;
+            x ^ (x >> 29)
+        }
+        fn bits(&mut self, max: u32) -> u64 {
+            let b = (self.next() % u64::from(max + 1)) as u32;
+            if b == 0 {
+                0
+            } else {
+                self.next() >> (64 - b)
+            }
+        }
+    }
+
+    /// Values around every boundary of the fast path: decimal rates, amounts, thirds,
+    /// numerators and denominators near 2^63 and beyond.
+    fn sample(g: &mut Lcg) -> Exact {
+        let n: i128 = match g.next() % 8 {
+            0 => i128::from(g.bits(20)),
+            1 => i128::from(g.bits(40)),
+            2 => i128::from(g.bits(63)),
+            3 => i128::from(i64::MAX) - i128::from(g.bits(3)),
+            4 => i128::from(i64::MAX) + i128::from(g.bits(3)),
+            5 => i128::from(g.bits(63)) << (g.next() % 60),
+            6 => i128::from(g.bits(8)),
+            _ => 0,
+        };
+        let n = if g.next() % 2 == 0 { n } else { -n };
+        let d: i128 = match g.next() % 8 {
+            0 => 1,
+            1 => 10i128.pow((g.next() % 12) as u32),
+            2 => (1i128 << (g.next() % 63)) * 5i128.pow((g.next() % 27) as u32) % (1 << 100) + 1,
+            3 => i128::from(g.bits(10)) + 1,
+            4 => i128::from(g.bits(63)).max(1),
+            5 => i128::from(i64::MAX) - i128::from(g.bits(3)),
+            6 => i128::from(i64::MAX) + 1 + i128::from(g.bits(3)),
+            _ => 3 * 10i128.pow((g.next() % 20) as u32),
+        };
+        Exact::Small(Ratio::new(n, d))
+    }
+
+    #[test]
+    fn the_64_bit_fast_path_agrees_with_big_rationals() {
+        let mut g = Lcg(42);
+        let mut narrow_pairs = 0;
+        for _ in 0..60_000 {
+            let (a, b) = (sample(&mut g), sample(&mut g));
+            if let (Exact::Small(x), Exact::Small(y)) = (&a, &b) {
+                if narrow(x).is_some() && narrow(y).is_some() {
+                    narrow_pairs += 1;
+                }
+            }
+            for op in 0..4u8 {
+                let got = match op {
+                    0 => Some(a.add(&b)),
+                    1 => Some(a.sub(&b)),
+                    2 => Some(a.mul(&b)),
+                    _ => a.div(&b),
+                };
+                let want = reference(op, &a, &b);
+                match (&got, &want) {
+                    (Some(x), Some(y)) => {
+                        assert!(same(x, y), "op {op} on {a:?}, {b:?}: {x:?} ≠ {y:?}")
+                    }
+                    (None, None) => {}
+                    _ => panic!("op {op} on {a:?}, {b:?}: {got:?} vs {want:?}"),
+                }
+            }
+            assert_eq!(a.cmp(&b), a.to_big().cmp(&b.to_big()), "{a:?} vs {b:?}");
+            for mode in [Rounding::Down, Rounding::HalfUp, Rounding::HalfEven] {
+                let want = round_big(&a.to_big(), mode).to_i64();
+                assert_eq!(a.round_to_i64(mode), want, "{a:?} {mode:?}");
+            }
+            if let Exact::Small(r) = &a {
+                assert_eq!(a.to_string(), reference_fmt_small(r), "{a:?}");
+            }
+            assert_eq!(a.to_text(), a.to_string(), "{a:?}");
+        }
+        assert!(narrow_pairs > 15_000, "{narrow_pairs} narrow pairs");
+    }
+
+    #[test]
+    fn the_fast_path_renders_like_decimal() {
+        for (v, text) in [
+            ("0.10", "0.1"),
+            ("-0.05", "-0.05"),
+            (
+                "0.0000000000000000000000000001",
+                "0.0000000000000000000000000001",
+            ),
+            ("123.4500", "123.45"),
+            ("-7", "-7"),
+            ("0", "0"),
+        ] {
+            assert_eq!(dec(v).to_string(), text);
+        }
+        assert_eq!(Exact::ratio(-2, 3).unwrap().to_string(), "-2/3");
+        // A mantissa above 2^96 − 1 is not a Decimal: shown as a fraction, as before.
+        let x = Exact::ratio((1 << 40) + 1, 1 << 28).unwrap();
+        assert_eq!(x.to_string(), "1099511627777/268435456");
+        let y = Exact::ratio(i128::from(i64::MAX), 1 << 62).unwrap();
+        assert_eq!(
+            y.to_string(),
+            reference_fmt_small(&Ratio::new(i128::from(i64::MAX), 1 << 62))
+        );
+    }
+
+    #[test]
+    fn fast_path_products_that_outgrow_i128_still_go_big() {
+        // Narrow inputs never overflow i128, but chained products do: still exact.
+        let x = Exact::ratio(i128::from(i64::MAX), 7).unwrap();
+        let x2 = x.mul(&x);
+        assert!(matches!(x2, Exact::Small(_)));
+        let x4 = x2.mul(&x2);
+        assert!(matches!(x4, Exact::Big(_)));
+        assert_eq!(x4.div(&x2).unwrap(), x2);
+        assert_eq!(x4.round_to_i64(Rounding::Down), None);
     }
 
     #[test]

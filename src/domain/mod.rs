@@ -16,3 +16,6 @@ pub mod network;
 pub mod order;
 pub mod ruleset;
 pub mod split;
+
+#[cfg(test)]
+mod corpus;

@@ -523,6 +523,10 @@ pub struct Rule {
     pub platform_rate: Option<Exact>,
     /// What it pays.
     pub schedule: Schedule,
+    /// The text of each schedule rate ([`Exact::to_text`]), rendered once here so that
+    /// explanations copy it: every level of `Rates`, levels 2.. of `Ladder`, none for
+    /// `Fixed`.
+    pub rate_texts: Vec<String>,
 }
 
 /// An adjustment: adds to one level's rate when its conditions hold.
@@ -1071,6 +1075,11 @@ impl Validator {
                     format!("{} levels is more than {COMPLIANCE_LEVELS}", schedule.len()),
                 );
             }
+            let rate_texts = match &schedule {
+                Schedule::Rates(r) => r.iter().map(Exact::to_text).collect(),
+                Schedule::Ladder(l) => l.levels.iter().map(Exact::to_text).collect(),
+                Schedule::Fixed(_) => Vec::new(),
+            };
             rules.push(Rule {
                 id: r.id.clone(),
                 priority: r.priority,
@@ -1078,6 +1087,7 @@ impl Validator {
                 when,
                 platform_rate,
                 schedule,
+                rate_texts,
             });
         }
         if max_platform.add(&max_fee) > Exact::one() {

@@ -22,7 +22,20 @@ pub enum Account {
     Promoter(String),
 }
 
+/// `a == b` for ids. Ids that differ almost always differ in length or in their last
+/// byte (`P1`, `P2`), so the full comparison runs only when both agree.
+#[inline]
+pub(crate) fn same_id(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes().last() == b.as_bytes().last() && a == b
+}
+
 impl Account {
+    /// `self == other`, through [`same_id`].
+    #[inline]
+    pub(crate) fn same(&self, other: &Account) -> bool {
+        self.rank() == other.rank() && same_id(self.id(), other.id())
+    }
+
     /// The fixed rank of the account kind (merchant, platform, partners, channel, promoters).
     fn rank(&self) -> u8 {
         match self {
@@ -305,11 +318,21 @@ impl SplitResult {
     /// Checks that every line's shares sum exactly to what was paid for it, no share is
     /// negative, and the totals are the sum of the lines.
     pub fn check(&self) -> Result<(), InvariantViolation> {
-        // Linear scans: an order has a handful of accounts; hashing them cost more.
+        // Linear scans: an order has a handful of accounts; hashing them cost more. Every
+        // line lists its accounts in the same fixed order, so each search starts where the
+        // previous one matched and usually succeeds at once.
         let mut totals: Vec<(&Account, i64)> = Vec::with_capacity(8);
+        let find = |totals: &[(&Account, i64)], from: usize, a: &Account| {
+            let (head, tail) = totals.split_at(from.min(totals.len()));
+            tail.iter()
+                .position(|t| t.0.same(a))
+                .map(|i| from + i)
+                .or_else(|| head.iter().position(|t| t.0.same(a)))
+        };
         let mut paid: i64 = 0;
         for l in &self.lines {
             let mut sum: i64 = 0;
+            let mut next = 0;
             for s in &l.shares {
                 if s.amount < 0 {
                     return Err(InvariantViolation(format!(
@@ -320,13 +343,14 @@ impl SplitResult {
                 sum = sum
                     .checked_add(s.amount)
                     .ok_or_else(|| InvariantViolation("overflow".into()))?;
-                let idx = match totals.iter().position(|t| t.0 == &s.account) {
+                let idx = match find(&totals, next, &s.account) {
                     Some(i) => i,
                     None => {
                         totals.push((&s.account, 0));
                         totals.len() - 1
                     }
                 };
+                next = idx + 1;
                 let t = &mut totals[idx].1;
                 *t = t
                     .checked_add(s.amount)
@@ -354,8 +378,11 @@ impl SplitResult {
                 "totals sum to {listed}, the order paid {paid}"
             )));
         }
+        let mut next = 0;
         for t in &self.totals {
-            if totals.iter().find(|x| x.0 == &t.account).map_or(0, |x| x.1) != t.amount {
+            let found = find(&totals, next, &t.account);
+            next = found.map_or(next, |i| i + 1);
+            if found.map_or(0, |i| totals[i].1) != t.amount {
                 return Err(InvariantViolation(format!(
                     "total of {} does not match its lines",
                     t.account
@@ -377,6 +404,85 @@ impl SplitResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn result() -> SplitResult {
+        let share = |account: Account, amount: i64| Share {
+            account,
+            amount,
+            explanations: vec![],
+        };
+        let line = |id: &str, shares: Vec<Share>| LineSplit {
+            line_id: id.into(),
+            paid: shares.iter().map(|s| s.amount).sum(),
+            base: 0,
+            uses: None,
+            shares,
+        };
+        let (m, p1, p2) = (
+            Account::Merchant("M".into()),
+            Account::Promoter("P1".into()),
+            Account::Promoter("P2".into()),
+        );
+        let lines = vec![
+            line(
+                "L1",
+                vec![
+                    share(m.clone(), 90),
+                    share(p1.clone(), 7),
+                    share(p2.clone(), 3),
+                ],
+            ),
+            // Another order of the same accounts, and one account missing.
+            line("L2", vec![share(p2.clone(), 2), share(m.clone(), 48)]),
+        ];
+        let t = |account: Account, amount: i64| AccountAmount { account, amount };
+        let at = DateTime::<Utc>::from_timestamp(0, 0).unwrap();
+        SplitResult {
+            order_id: "O".into(),
+            merchant: "M".into(),
+            buyer: "B".into(),
+            currency: "CNY".into(),
+            exponent: 2,
+            paid_at: at,
+            ruleset_version: 1,
+            lines,
+            totals: vec![t(m, 138), t(p1, 7), t(p2, 5)],
+            chain: vec![],
+            attribution: vec![],
+            notes: vec![],
+            fingerprint: String::new(),
+            computed_at: at,
+            paid: 150,
+            sales: 150,
+            primary_promoter: None,
+            month: "1970-01".into(),
+            hold_days: 0,
+        }
+    }
+
+    #[test]
+    fn check_accepts_a_consistent_result_and_finds_every_broken_total() {
+        let ok = result();
+        assert_eq!(ok.check(), Ok(()));
+        // Move one unit between two totals: the sums still match, the accounts do not.
+        let mut r = result();
+        r.totals[1].amount += 1;
+        r.totals[2].amount -= 1;
+        assert!(r.check().is_err());
+        // A total for an account no line pays.
+        let mut r = result();
+        r.totals[2].account = Account::Promoter("P3".into());
+        assert!(r.check().is_err());
+        // Same id, another kind of account.
+        let mut r = result();
+        r.totals[1].account = Account::Partner("P1".into());
+        assert!(r.check().is_err());
+        // A line whose shares do not sum to what was paid.
+        let mut r = result();
+        r.lines[1].shares[0].amount += 1;
+        r.lines[1].shares[1].amount -= 2;
+        assert!(r.check().is_err());
+    }
 
     #[test]
     fn accounts_round_trip_through_their_names() {
