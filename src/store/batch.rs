@@ -201,7 +201,46 @@ pub(crate) fn plan(
     Ok(out)
 }
 
+/// A grade check a stored order calls for: its primary promoter under its rule set.
+pub(crate) struct GradeCheck<'a> {
+    /// The rule set the order was computed under (its grades).
+    pub ruleset: &'a crate::domain::ruleset::RuleSet,
+    /// The promoter whose month volume moved.
+    pub promoter: &'a str,
+    /// The month of that volume.
+    pub month: &'a str,
+    /// Why, for the event: "order O-1".
+    pub cause: String,
+    /// When.
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
 impl Plan {
+    /// Per new split, in order: the grade check it calls for, if it has a primary
+    /// promoter. Checked after the batch's counters moved (ARCHITECTURE.md).
+    pub(crate) fn grade_checks<'a>(
+        &'a self,
+        batch: &'a [PendingSplit],
+    ) -> Vec<Option<GradeCheck<'a>>> {
+        let by_id: HashMap<&str, &PendingSplit> = batch
+            .iter()
+            .map(|p| (p.plan.order_id.as_str(), p))
+            .collect();
+        self.new
+            .iter()
+            .map(|n| {
+                let r = &n.result;
+                r.primary_promoter.as_deref().map(|promoter| GradeCheck {
+                    ruleset: &by_id[r.order_id.as_str()].plan.ruleset,
+                    promoter,
+                    month: &r.month,
+                    cause: format!("order {}", r.order_id),
+                    at: r.computed_at,
+                })
+            })
+            .collect()
+    }
+
     /// The outcome of every order, in batch order; `upgraded` lists, per new split, the
     /// promoters whose grade it raised.
     pub(crate) fn outcomes(self, mut upgraded: Vec<Vec<String>>) -> Vec<Result<CommitOutcome>> {

@@ -690,26 +690,11 @@ async fn commit_bulk(
         write_new(tx, &plan).await?;
     }
     let mut upgraded = Vec::with_capacity(plan.new.len());
-    let by_id: HashMap<&str, &PendingSplit> = batch
-        .iter()
-        .map(|p| (p.plan.order_id.as_str(), p))
-        .collect();
-    for n in &plan.new {
+    for check in plan.grade_checks(batch) {
         let mut up = Vec::new();
-        if let Some(promoter) = &n.result.primary_promoter {
-            let rs = &by_id[n.result.order_id.as_str()].plan.ruleset;
-            let cause = format!("order {}", n.result.order_id);
-            if check_grade(
-                tx,
-                rs,
-                promoter,
-                &n.result.month,
-                &cause,
-                n.result.computed_at,
-            )
-            .await?
-            {
-                up.push(promoter.clone());
+        if let Some(g) = check {
+            if check_grade(tx, g.ruleset, g.promoter, g.month, &g.cause, g.at).await? {
+                up.push(g.promoter.to_string());
             }
         }
         upgraded.push(up);
