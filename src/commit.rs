@@ -44,8 +44,8 @@ impl GroupSettings {
     }
 }
 
-/// Most orders in one transaction: large enough that a batch's fixed cost (about ten
-/// statements and one fsync) is shared widely, small enough that its statements stay
+/// Most orders in one transaction: large enough that a batch's fixed cost (a fixed number
+/// of statements and one fsync) is shared widely, small enough that its statements stay
 /// far below SQLite's bound-parameter limit and a batch commits in milliseconds.
 pub const MAX_BATCH: usize = 64;
 /// Concurrent batch transactions on PostgreSQL (each holds one pooled connection, of

@@ -161,9 +161,6 @@ impl Caches {
         &self,
         order_id: &str,
     ) -> Result<Option<Arc<CachedSplit>>, StoreError> {
-        if let Some(hit) = self.splits.get(order_id).await {
-            return Ok(Some(hit));
-        }
         let store = self.store.clone();
         let key = order_id.to_string();
         // "Not stored" travels as an error: moka caches values only, so an order stored

@@ -108,6 +108,18 @@ pub(crate) struct NewSplit {
     pub entries: Vec<NewEntry>,
 }
 
+impl NewSplit {
+    /// A computed result ready to store: checked, encoded, its entries derived.
+    pub(crate) fn new(fingerprint: String, result: SplitResult) -> Result<NewSplit> {
+        Ok(NewSplit {
+            json: encode_result(&result)?,
+            entries: ledger::split_entries(&result),
+            fingerprint,
+            result,
+        })
+    }
+}
+
 /// What a batch writes and answers.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
@@ -166,8 +178,7 @@ pub(crate) fn plan(
             promoter_month_prior: pk.as_ref().map(read).unwrap_or(0),
         };
         first_seen.insert(p.plan.buyer.as_str());
-        let result = (p.compute)(&ctx)?;
-        let json = encode_result(&result)?;
+        let new = NewSplit::new(p.plan.fingerprint.clone(), (p.compute)(&ctx)?)?;
         for k in std::iter::once(mk).chain(pk) {
             let v = counters.entry(k.clone()).or_insert(0);
             *v = v.checked_add(p.plan.sales).ok_or_else(|| {
@@ -175,19 +186,14 @@ pub(crate) fn plan(
             })?;
             moved.insert(k);
         }
-        let split = StoredSplit {
-            fingerprint: p.plan.fingerprint.clone(),
-            result,
-        };
         // A later duplicate of this id in the batch replays it.
-        stored.insert(id.clone(), StoredRow::Split(Box::new(split.clone())));
+        let split = StoredSplit {
+            fingerprint: new.fingerprint.clone(),
+            result: new.result.clone(),
+        };
+        stored.insert(id.clone(), StoredRow::Split(Box::new(split)));
         out.answers.push(Answer::New(out.new.len()));
-        out.new.push(NewSplit {
-            entries: ledger::split_entries(&split.result),
-            fingerprint: split.fingerprint,
-            result: split.result,
-            json,
-        });
+        out.new.push(new);
     }
     let mut moved: Vec<CounterKey> = moved.into_iter().collect();
     moved.sort();
@@ -216,6 +222,16 @@ pub(crate) struct GradeCheck<'a> {
 }
 
 impl Plan {
+    /// The rows of one order stored on its own, whose counters its transaction already
+    /// moved: the single-order path writes through the same code as a batch.
+    pub(crate) fn single(new: NewSplit) -> Plan {
+        Plan {
+            new: vec![new],
+            counters: Vec::new(),
+            answers: vec![Answer::New(0)],
+        }
+    }
+
     /// Per new split, in order: the grade check it calls for, if it has a primary
     /// promoter. Checked after the batch's counters moved (ARCHITECTURE.md).
     pub(crate) fn grade_checks<'a>(

@@ -520,69 +520,12 @@ async fn commit_one(
         promoter_month_prior,
         merchant_month_prior,
     };
-    let result = compute(&ctx)?;
-    let json = encode_result(&result)?;
-    sqlx::query("INSERT INTO split_keys (order_id, paid_at) VALUES ($1, $2)")
-        .bind(&result.order_id)
-        .bind(result.paid_at)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version, paid,
-                             sales, primary_promoter, month, result, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(&result.order_id)
-    .bind(&plan.fingerprint)
-    .bind(&result.merchant)
-    .bind(&result.buyer)
-    .bind(&result.currency)
-    .bind(result.paid_at)
-    .bind(result.ruleset_version as i64)
-    .bind(result.paid)
-    .bind(result.sales)
-    .bind(&result.primary_promoter)
-    .bind(&result.month)
-    .bind(&json)
-    .bind(result.computed_at)
-    .execute(&mut **tx)
-    .await?;
-    let accounts: Vec<String> = result
-        .totals
-        .iter()
-        .map(|t| t.account.to_string())
-        .collect();
-    let amounts: Vec<i64> = result.totals.iter().map(|t| t.amount).collect();
-    sqlx::query(
-        "INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version)
-         SELECT a, $3, $4, $5, m, $6 FROM UNNEST($1::text[], $2::bigint[]) AS t(a, m)",
-    )
-    .bind(&accounts)
-    .bind(&amounts)
-    .bind(result.paid_at)
-    .bind(&result.order_id)
-    .bind(&result.currency)
-    .bind(result.ruleset_version as i64)
-    .execute(&mut **tx)
-    .await?;
-    insert_entries(
-        tx,
-        &ledger::split_entries(&result),
-        "split",
-        &result.order_id,
-        &result.order_id,
-        result.computed_at,
-    )
-    .await?;
-    outbox_insert(
-        tx,
-        &format!("split_computed:{}", result.order_id),
-        "split_computed",
-        &result.order_id,
-        &json,
-        result.computed_at,
-    )
-    .await?;
+    let one = batch::Plan::single(batch::NewSplit::new(
+        plan.fingerprint.clone(),
+        compute(&ctx)?,
+    )?);
+    write_new(tx, &one).await?;
+    let result = one.new.into_iter().next().expect("one new split").result;
     let mut upgraded = Vec::new();
     if let Some(p) = &plan.primary_promoter {
         if check_grade(

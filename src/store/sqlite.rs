@@ -534,60 +534,12 @@ async fn commit_one(
         promoter_month_prior,
         merchant_month_prior,
     };
-    let result = compute(&ctx)?;
-    let json = encode_result(&result)?;
-    sqlx::query(
-        "INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version, paid,
-                             sales, primary_promoter, month, result, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&result.order_id)
-    .bind(&plan.fingerprint)
-    .bind(&result.merchant)
-    .bind(&result.buyer)
-    .bind(&result.currency)
-    .bind(us(result.paid_at))
-    .bind(result.ruleset_version as i64)
-    .bind(result.paid)
-    .bind(result.sales)
-    .bind(&result.primary_promoter)
-    .bind(&result.month)
-    .bind(&json)
-    .bind(us(result.computed_at))
-    .execute(&mut **tx)
-    .await?;
-    for chunk in result.totals.chunks(MAX_ROWS_PER_INSERT) {
-        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
-            "INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version) ",
-        );
-        q.push_values(chunk, |mut b, t| {
-            b.push_bind(t.account.to_string())
-                .push_bind(us(result.paid_at))
-                .push_bind(result.order_id.clone())
-                .push_bind(result.currency.clone())
-                .push_bind(t.amount)
-                .push_bind(result.ruleset_version as i64);
-        });
-        q.build().execute(&mut **tx).await?;
-    }
-    insert_entries(
-        tx,
-        &ledger::split_entries(&result),
-        "split",
-        &result.order_id,
-        &result.order_id,
-        result.computed_at,
-    )
-    .await?;
-    outbox_insert(
-        tx,
-        &format!("split_computed:{}", result.order_id),
-        "split_computed",
-        &result.order_id,
-        &json,
-        result.computed_at,
-    )
-    .await?;
+    let one = batch::Plan::single(batch::NewSplit::new(
+        plan.fingerprint.clone(),
+        compute(&ctx)?,
+    )?);
+    write_new(tx, &one).await?;
+    let result = one.new.into_iter().next().expect("one new split").result;
     let mut upgraded = Vec::new();
     if let Some(p) = &plan.primary_promoter {
         if check_grade(
@@ -705,7 +657,7 @@ async fn commit_bulk(
 /// The rows of a batch's new splits: one multi-row statement per table (per
 /// [`MAX_ROWS_PER_INSERT`] rows).
 async fn write_new(tx: &mut Transaction<'_, Sqlite>, plan: &batch::Plan) -> Result<()> {
-    for chunk in plan.new.chunks(MAX_ROWS_PER_INSERT / 20) {
+    for chunk in plan.new.chunks(MAX_ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::<Sqlite>::new(
             "INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version, paid,
                                  sales, primary_promoter, month, result, created_at) ",
@@ -770,7 +722,7 @@ async fn write_new(tx: &mut Transaction<'_, Sqlite>, plan: &batch::Plan) -> Resu
         q.build().execute(&mut **tx).await?;
     }
     // Events, in batch order (the relay publishes in outbox order).
-    for chunk in plan.new.chunks(MAX_ROWS_PER_INSERT / 20) {
+    for chunk in plan.new.chunks(MAX_ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::<Sqlite>::new(
             "INSERT INTO outbox (event_id, kind, key, body, created_at) ",
         );
