@@ -36,56 +36,22 @@ fn raw(id: &str, buyer: &str, minor: i64, day: u32) -> RawOrder {
     }
 }
 
+/// Stores one order on its own (no group commit); returns the outcome and the context
+/// the engine was called with (the default when it was not called: a replay).
 async fn commit(
     store: &Arc<dyn Store>,
     o: &Order,
     promoter: Option<&str>,
 ) -> (CommitOutcome, Context) {
-    let rs = Arc::new(
-        ruleset::compile("rules: [{id: all, levels: ['0.10']}]\n")
-            .ruleset
-            .unwrap(),
-    );
-    let mut snap = NetworkSnapshot::default();
-    if let Some(p) = promoter {
-        snap.insert(prorata::domain::network::PromoterNode {
-            id: p.into(),
-            parent: None,
-            grade: None,
-            status: Status::Active,
-        });
-        snap.bound = Some(p.into());
-    }
-    let fp = fingerprint::of(o);
-    let plan = SplitPlan {
-        order_id: o.id.clone(),
-        fingerprint: fp.clone(),
-        merchant: o.merchant.clone(),
-        buyer: o.buyer.clone(),
-        currency: "CNY".into(),
-        month: engine::month_key(o.paid_at, &rs),
-        primary_promoter: promoter.map(Into::into),
-        sales: o.sales(),
-        paid_at: o.paid_at,
-        ruleset: rs.clone(),
-    };
-    let seen = std::sync::Mutex::new(Context::default());
-    let f = |ctx: &Context| {
-        *seen.lock().unwrap() = ctx.clone();
-        engine::compute(
-            o,
-            &rs,
-            &Inputs {
-                network: &snap,
-                context: ctx.clone(),
-                ruleset_version: 1,
-                fingerprint: fp.clone(),
-                now: Utc::now(),
-            },
-        )
-    };
-    let out = store.commit_split(&plan, &f).await.unwrap();
-    let ctx = seen.lock().unwrap().clone();
+    let seen: Seen = Default::default();
+    let p = pending(o, promoter, &seen, false);
+    let out = store.commit_split(&p.plan, &*p.compute).await.unwrap();
+    let ctx = seen
+        .lock()
+        .unwrap()
+        .last()
+        .map(|(_, c)| c.clone())
+        .unwrap_or_default();
     (out, ctx)
 }
 
