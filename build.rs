@@ -23,6 +23,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Hand-written twins that can send a stored split already encoded (src/grpc/wire.rs).
+        .extern_path(
+            ".prorata.v1.ComputeResponse",
+            "crate::grpc::wire::ComputeResponse",
+        )
+        .extern_path(
+            ".prorata.v1.GetSplitResponse",
+            "crate::grpc::wire::GetSplitResponse",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

@@ -116,6 +116,8 @@ pub struct Computed {
     pub result: Arc<SplitResult>,
     /// True when it was stored by an earlier call.
     pub replayed: bool,
+    /// On a replay, the stored result as the result cache holds it (with its encoding).
+    pub stored: Option<Arc<CachedSplit>>,
 }
 
 /// A page of a listing.
@@ -302,16 +304,12 @@ impl App {
         }
     }
 
-    fn replay(
-        order_id: &str,
-        fp: &str,
-        stored_fp: &str,
-        result: Arc<SplitResult>,
-    ) -> AppResult<Computed> {
-        if stored_fp == fp {
+    fn replay(order_id: &str, fp: &str, stored: Arc<CachedSplit>) -> AppResult<Computed> {
+        if stored.fingerprint == fp {
             Ok(Computed {
-                result,
+                result: stored.result.clone(),
                 replayed: true,
+                stored: Some(stored),
             })
         } else {
             Err(AppError::AlreadyExists(format!(
@@ -341,7 +339,7 @@ impl App {
         // the commit, which reads every stored id of its batch under the order locks
         // anyway: no separate read per order.
         if let Some(stored) = self.cache.cached_split(&order.id).await {
-            return Self::replay(&order.id, &fp, &stored.fingerprint, stored.result.clone());
+            return Self::replay(&order.id, &fp, stored);
         }
         let published = self.select(&order)?;
         let rs = published.ruleset.clone();
@@ -391,20 +389,13 @@ impl App {
                 Ok(Computed {
                     result: Arc::new(result),
                     replayed: false,
+                    stored: None,
                 })
             }
             CommitOutcome::Existing(stored) => {
-                let cached = Arc::new(CachedSplit {
-                    fingerprint: stored.fingerprint,
-                    result: Arc::new(stored.result),
-                });
+                let cached = Arc::new(CachedSplit::new(stored.fingerprint, stored.result));
                 self.cache.remember_split(&order_id, cached.clone()).await;
-                Self::replay(
-                    &order_id,
-                    &fp_check,
-                    &cached.fingerprint,
-                    cached.result.clone(),
-                )
+                Self::replay(&order_id, &fp_check, cached)
             }
         }
     }
@@ -460,10 +451,10 @@ impl App {
     }
 
     /// A stored split (through the result cache).
-    pub async fn get_split(&self, order_id: &str) -> AppResult<Arc<SplitResult>> {
+    pub async fn get_split(&self, order_id: &str) -> AppResult<Arc<CachedSplit>> {
         order::check_id("order_id", order_id)?;
         match self.cache.stored_split(order_id).await? {
-            Some(s) => Ok(s.result.clone()),
+            Some(s) => Ok(s),
             None => Err(AppError::NotFound(format!(
                 "no split is stored for order {order_id}"
             ))),
@@ -603,12 +594,12 @@ impl App {
 
     /// Checks the ids of an upsert.
     pub fn check_upsert(up: &PromoterUpsert, root: &str) -> AppResult<()> {
-        order::check_id(&format!("{root}id"), &up.id)?;
+        order::check_id(format_args!("{root}id"), &up.id)?;
         if let Some(Some(p)) = &up.parent {
-            order::check_id(&format!("{root}parent"), p)?;
+            order::check_id(format_args!("{root}parent"), p)?;
         }
         if let Some(Some(g)) = &up.grade {
-            order::check_id(&format!("{root}grade"), g)?;
+            order::check_id(format_args!("{root}grade"), g)?;
         }
         Ok(())
     }
@@ -681,8 +672,8 @@ impl App {
                     Self::check_upsert(up, &format!("items[{i}].promoter."))?
                 }
                 ImportItem::Binding { customer, promoter } => {
-                    order::check_id(&format!("items[{i}].binding.customer"), customer)?;
-                    order::check_id(&format!("items[{i}].binding.promoter"), promoter)?;
+                    order::check_id(format_args!("items[{i}].binding.customer"), customer)?;
+                    order::check_id(format_args!("items[{i}].binding.promoter"), promoter)?;
                 }
             }
         }

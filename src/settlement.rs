@@ -368,7 +368,7 @@ impl App {
                 let want_paid = x.paid.require(&format!("orders[{i}].amount_paid"), cur)?;
                 let want_refunded = x
                     .refunded
-                    .parse(&format!("orders[{i}].amount_refunded"), cur)?
+                    .parse(format_args!("orders[{i}].amount_refunded"), cur)?
                     .unwrap_or(0);
                 if (want_paid, want_refunded) != (*paid, *refunded) {
                     report.discrepancies.push(Discrepancy {

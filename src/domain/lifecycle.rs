@@ -231,7 +231,7 @@ pub fn check_refund(r: &RawRefund) -> Result<(), FieldError> {
         return Err(FieldError::new("lines", "too many lines"));
     }
     for (i, l) in r.lines.iter().enumerate() {
-        check_id(&format!("lines[{i}].line_id"), &l.line_id)?;
+        check_id(format_args!("lines[{i}].line_id"), &l.line_id)?;
         if r.lines[..i].iter().any(|p| p.line_id == l.line_id) {
             return Err(FieldError::new(
                 format!("lines[{i}].line_id"),
@@ -246,7 +246,9 @@ pub fn check_refund(r: &RawRefund) -> Result<(), FieldError> {
 pub fn refund_fingerprint(r: &RawRefund, currency: Currency) -> Result<String, FieldError> {
     let mut parts = vec![format!("order={}", r.order_id), format!("full={}", r.full)];
     for (i, l) in r.lines.iter().enumerate() {
-        let amount = l.amount.parse(&format!("lines[{i}].amount"), currency)?;
+        let amount = l
+            .amount
+            .parse(format_args!("lines[{i}].amount"), currency)?;
         parts.push(format!("{}:{:?}:{}", l.line_id, amount, l.uses));
     }
     Ok(super::fingerprint::sha256_hex(parts.join("\n").as_bytes()))
@@ -316,7 +318,7 @@ pub fn plan_refund(
                         format!("order {} has no line {}", result.order_id, l.line_id),
                     )
                 })?;
-            let amount_given = l.amount.parse(&path("amount"), currency)?;
+            let amount_given = l.amount.parse(path("amount"), currency)?;
             let (amount, uses) = match (s.uses, amount_given, l.uses) {
                 (Some(_), None, k) if k >= 1 => {
                     if k > s.unused_uses {

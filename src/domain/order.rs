@@ -6,6 +6,7 @@
 //! than it is worth, and every sum fits.
 
 use std::collections::HashSet;
+use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -39,16 +40,61 @@ pub struct FieldError {
 
 impl FieldError {
     /// A new error at `path`.
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(path: impl fmt::Display, message: impl Into<String>) -> Self {
         FieldError {
-            path: path.into(),
+            path: path.to_string(),
             message: message.into(),
         }
     }
 }
 
+/// The path of a field of an order, rendered only when an error names it (a valid order
+/// builds no path strings): `{root}.{field}`, or `{root}.{list}[{index}].{field}`.
+#[derive(Debug, Clone, Copy)]
+struct At<'a> {
+    root: &'a str,
+    item: Option<(&'a str, usize)>,
+    field: &'a str,
+}
+
+impl<'a> At<'a> {
+    fn field(root: &'a str, field: &'a str) -> Self {
+        At {
+            root,
+            item: None,
+            field,
+        }
+    }
+
+    fn item(root: &'a str, list: &'a str, index: usize) -> Self {
+        At {
+            root,
+            item: Some((list, index)),
+            field: "",
+        }
+    }
+
+    /// A field of this list item.
+    fn of(self, field: &'a str) -> Self {
+        At { field, ..self }
+    }
+}
+
+impl fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.root)?;
+        if let Some((list, i)) = self.item {
+            write!(f, ".{list}[{i}]")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ".{}", self.field)?;
+        }
+        Ok(())
+    }
+}
+
 /// Checks an identifier: 1–128 chars of `[A-Za-z0-9._:-]`.
-pub fn check_id(path: &str, value: &str) -> Result<(), FieldError> {
+pub fn check_id(path: impl fmt::Display, value: &str) -> Result<(), FieldError> {
     if value.is_empty() {
         return Err(FieldError::new(path, "is required"));
     }
@@ -74,7 +120,7 @@ pub fn check_id(path: &str, value: &str) -> Result<(), FieldError> {
 }
 
 /// Checks free text (sku, category, tag): 1–128 bytes, no control characters.
-fn check_text(path: &str, value: &str) -> Result<(), FieldError> {
+fn check_text(path: impl fmt::Display, value: &str) -> Result<(), FieldError> {
     if value.is_empty() {
         return Err(FieldError::new(path, "is required"));
     }
@@ -104,7 +150,11 @@ pub enum RawAmount {
 
 impl RawAmount {
     /// Parses into minor units of `currency`; `Ok(None)` when absent.
-    pub fn parse(&self, path: &str, currency: Currency) -> Result<Option<i64>, FieldError> {
+    pub fn parse(
+        &self,
+        path: impl fmt::Display,
+        currency: Currency,
+    ) -> Result<Option<i64>, FieldError> {
         let r = match self {
             RawAmount::Absent => return Ok(None),
             RawAmount::Minor(m) => money::check_range(*m),
@@ -115,7 +165,11 @@ impl RawAmount {
     }
 
     /// Parses a required amount.
-    pub fn require(&self, path: &str, currency: Currency) -> Result<i64, FieldError> {
+    pub fn require(
+        &self,
+        path: impl fmt::Display + Copy,
+        currency: Currency,
+    ) -> Result<i64, FieldError> {
         self.parse(path, currency)?
             .ok_or_else(|| FieldError::new(path, "is required"))
     }
@@ -289,10 +343,10 @@ mod currency_code {
 impl Order {
     /// Validates a raw order; paths are prefixed with `root` (e.g. "order").
     pub fn parse(raw: &RawOrder, root: &str) -> Result<Order, FieldError> {
-        let p = |f: &str| format!("{root}.{f}");
-        check_id(&p("id"), &raw.id)?;
-        check_id(&p("merchant"), &raw.merchant)?;
-        check_id(&p("buyer"), &raw.buyer)?;
+        let p = |f| At::field(root, f);
+        check_id(p("id"), &raw.id)?;
+        check_id(p("merchant"), &raw.merchant)?;
+        check_id(p("buyer"), &raw.buyer)?;
         let paid_at = raw
             .paid_at
             .ok_or_else(|| FieldError::new(p("paid_at"), "is required"))?;
@@ -311,7 +365,7 @@ impl Order {
         let channel = if raw.channel.is_empty() {
             None
         } else {
-            check_id(&p("channel"), &raw.channel)?;
+            check_id(p("channel"), &raw.channel)?;
             Some(raw.channel.clone())
         };
         if raw.tags.len() > MAX_TAGS {
@@ -321,7 +375,7 @@ impl Order {
             ));
         }
         for (i, t) in raw.tags.iter().enumerate() {
-            check_text(&p(&format!("tags[{i}]")), t)?;
+            check_text(At::item(root, "tags", i), t)?;
         }
         if raw.referrals.len() > MAX_REFERRALS {
             return Err(FieldError::new(
@@ -331,16 +385,16 @@ impl Order {
         }
         let mut referrals = Vec::with_capacity(raw.referrals.len());
         for (i, r) in raw.referrals.iter().enumerate() {
-            let rp = p(&format!("referrals[{i}]"));
-            check_id(&format!("{rp}.promoter"), &r.promoter)?;
+            let rp = At::item(root, "referrals", i);
+            check_id(rp.of("promoter"), &r.promoter)?;
             let at =
-                r.at.ok_or_else(|| FieldError::new(format!("{rp}.at"), "is required"))?;
+                r.at.ok_or_else(|| FieldError::new(rp.of("at"), "is required"))?;
             referrals.push(Referral {
                 promoter: r.promoter.clone(),
                 at,
             });
         }
-        let shipping = raw.shipping.parse(&p("shipping"), currency)?.unwrap_or(0);
+        let shipping = raw.shipping.parse(p("shipping"), currency)?.unwrap_or(0);
         if raw.lines.is_empty() {
             return Err(FieldError::new(
                 p("lines"),
@@ -357,11 +411,11 @@ impl Order {
         let mut lines = Vec::with_capacity(raw.lines.len());
         let mut total = shipping;
         for (i, l) in raw.lines.iter().enumerate() {
-            let lp = p(&format!("lines[{i}]"));
-            let line = parse_line(l, &lp, currency)?;
+            let lp = At::item(root, "lines", i);
+            let line = parse_line(l, lp, currency)?;
             if !seen.insert(line.id.clone()) {
                 return Err(FieldError::new(
-                    format!("{lp}.id"),
+                    lp.of("id"),
                     format!("duplicate line id {:?}", line.id),
                 ));
             }
@@ -402,54 +456,49 @@ impl Order {
     }
 }
 
-fn parse_line(l: &RawLine, lp: &str, currency: Currency) -> Result<Line, FieldError> {
-    check_id(&format!("{lp}.id"), &l.id)?;
+fn parse_line(l: &RawLine, lp: At<'_>, currency: Currency) -> Result<Line, FieldError> {
+    check_id(lp.of("id"), &l.id)?;
     if l.id == "shipping" {
         return Err(FieldError::new(
-            format!("{lp}.id"),
+            lp.of("id"),
             "\"shipping\" is reserved for the shipping pseudo-line",
         ));
     }
-    check_text(&format!("{lp}.sku"), &l.sku)?;
-    check_text(&format!("{lp}.category"), &l.category)?;
+    check_text(lp.of("sku"), &l.sku)?;
+    check_text(lp.of("category"), &l.category)?;
     if l.quantity < 1 || l.quantity > MAX_QUANTITY {
         return Err(FieldError::new(
-            format!("{lp}.quantity"),
+            lp.of("quantity"),
             format!("must be between 1 and {MAX_QUANTITY}, got {}", l.quantity),
         ));
     }
-    let unit_price = l
-        .unit_price
-        .require(&format!("{lp}.unit_price"), currency)?;
-    let discount = l
-        .discount
-        .parse(&format!("{lp}.discount"), currency)?
-        .unwrap_or(0);
+    let unit_price = l.unit_price.require(lp.of("unit_price"), currency)?;
+    let discount = l.discount.parse(lp.of("discount"), currency)?.unwrap_or(0);
     let coupon = match &l.coupon {
         None => None,
         Some(c) => {
-            let amount = c.amount.require(&format!("{lp}.coupon.amount"), currency)?;
+            let amount = c.amount.require(lp.of("coupon.amount"), currency)?;
             let funded_by = c.funded_by.ok_or_else(|| {
                 FieldError::new(
-                    format!("{lp}.coupon.funded_by"),
+                    lp.of("coupon.funded_by"),
                     "is required: platform or merchant",
                 )
             })?;
             Some(Coupon { amount, funded_by })
         }
     };
-    let unit_cost = l.unit_cost.parse(&format!("{lp}.unit_cost"), currency)?;
+    let unit_cost = l.unit_cost.parse(lp.of("unit_cost"), currency)?;
     let uses = match l.uses {
         0 => None,
         1 => {
             return Err(FieldError::new(
-                format!("{lp}.uses"),
+                lp.of("uses"),
                 "a prepaid card needs at least 2 uses",
             ))
         }
         n if n > MAX_CARD_USES => {
             return Err(FieldError::new(
-                format!("{lp}.uses"),
+                lp.of("uses"),
                 format!("at most {MAX_CARD_USES} uses"),
             ))
         }
@@ -460,16 +509,13 @@ fn parse_line(l: &RawLine, lp: &str, currency: Currency) -> Result<Line, FieldEr
         .checked_mul(unit_price)
         .filter(|g| *g <= MAX_ORDER_TOTAL_MINOR)
         .ok_or_else(|| {
-            FieldError::new(
-                format!("{lp}.unit_price"),
-                "quantity × unit_price is out of range",
-            )
+            FieldError::new(lp.of("unit_price"), "quantity × unit_price is out of range")
         })?;
     let off = discount + coupon.as_ref().map_or(0, |c| c.amount); // both ≤ 10^15: no overflow
     let paid = gross - off;
     if paid < 0 {
         return Err(FieldError::new(
-            format!("{lp}.discount"),
+            lp.of("discount"),
             "discount and coupon exceed the line's gross amount (quantity × unit_price)",
         ));
     }

@@ -733,7 +733,7 @@ impl Validator {
 
     /// An id at `{path}.id` that must be well formed and unique among `seen`.
     fn unique_id(&mut self, seen: &mut HashSet<String>, path: &str, id: &str, what: &str) {
-        if let Err(e) = super::order::check_id(&format!("{path}.id"), id) {
+        if let Err(e) = super::order::check_id(format_args!("{path}.id"), id) {
             self.error(e.path, e.message);
         }
         if !seen.insert(id.to_string()) {

@@ -6,3 +6,4 @@ pub mod convert;
 pub mod error;
 pub mod pb;
 pub mod services;
+pub mod wire;

@@ -3,6 +3,8 @@
 
 tonic::include_proto!("prorata.v1");
 
+pub use super::wire::{ComputeResponse, GetSplitResponse};
+
 /// The encoded descriptor set of every prorata proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/prorata_descriptor.bin"));

@@ -6,12 +6,16 @@ use tokio_stream::StreamExt;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
+use bytes::Bytes;
+
 use super::convert;
 use super::pb;
 use super::pb::commission_service_server::CommissionService;
 use super::pb::network_service_server::NetworkService;
 use super::pb::rule_service_server::RuleService;
+use super::wire;
 use crate::app::{App, AppError};
+use crate::cache::CachedSplit;
 use crate::domain::order::FieldError;
 use crate::store::{ImportItem, MAX_IMPORT_ITEMS};
 
@@ -36,6 +40,14 @@ impl Services {
 
 fn invalid(e: FieldError) -> Status {
     AppError::Invalid(e).into()
+}
+
+/// A stored result's `Split` message, encoded once and then sent as those bytes.
+fn encoded(stored: &CachedSplit) -> Bytes {
+    stored
+        .encoded
+        .get_or_init(|| wire::encode_split(&convert::split(&stored.result)))
+        .clone()
 }
 
 fn require_order(o: &Option<pb::Order>) -> Result<&pb::Order, Status> {
@@ -92,8 +104,12 @@ impl CommissionService for Services {
     ) -> Result<Response<pb::ComputeResponse>, Status> {
         let raw = convert::raw_order(require_order(&req.get_ref().order)?).map_err(invalid)?;
         let out = self.app.compute(&raw).await?;
-        let mut resp = Response::new(pb::ComputeResponse {
-            split: Some(convert::split(&out.result)),
+        let mut resp = Response::new(match &out.stored {
+            Some(stored) => pb::ComputeResponse::encoded(encoded(stored)),
+            None => pb::ComputeResponse {
+                split: Some(convert::split(&out.result)),
+                encoded_split: None,
+            },
         });
         resp.metadata_mut().insert(
             REPLAYED_HEADER,
@@ -120,10 +136,10 @@ impl CommissionService for Services {
         &self,
         req: Request<pb::GetSplitRequest>,
     ) -> Result<Response<pb::GetSplitResponse>, Status> {
-        let result = self.app.get_split(&req.get_ref().order_id).await?;
-        Ok(Response::new(pb::GetSplitResponse {
-            split: Some(convert::split(&result)),
-        }))
+        let stored = self.app.get_split(&req.get_ref().order_id).await?;
+        Ok(Response::new(pb::GetSplitResponse::encoded(encoded(
+            &stored,
+        ))))
     }
 
     async fn list_splits(

@@ -44,6 +44,18 @@ async fn a_replay_is_byte_identical_and_the_minor_form_is_the_same_order(backend
         .split
         .unwrap();
     assert_eq!(read, first);
+    // Now answered from the result cache with the bytes encoded for the first replay.
+    for _ in 0..2 {
+        let cached = app
+            .commission
+            .compute(pb::ComputeRequest {
+                order: Some(order("O-1", "C1", "50.00")),
+            })
+            .await
+            .unwrap();
+        assert_eq!(cached.metadata().get("prorata-replayed").unwrap(), "true");
+        assert_eq!(cached.into_inner().split.unwrap(), first);
+    }
     let e = app
         .commission
         .compute(pb::ComputeRequest {
