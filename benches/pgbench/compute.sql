@@ -22,7 +22,7 @@
 --   split_keys, splits    the result (its JSON: see bench_payloads below)
 --   split_accounts        one row per account, one UNNEST insert
 --   insert_entries        one ledger entry per account, one UNNEST insert
---   outbox_insert         the split_computed event (its body is the result JSON again)
+--   outbox_insert         the split_computed event (empty body: the relay reads splits.result)
 --   check_grade           nothing: the benchmark rule set has no grades
 --   COMMIT
 --
@@ -132,8 +132,7 @@ INSERT INTO entries (account, currency, amount, deferred, available_at, source_k
 
 INSERT INTO outbox (event_id, kind, key, body, created_at)
   VALUES ('split_computed:' || 'pgb-' || :run::text || '-' || :oid::text, 'split_computed',
-          'pgb-' || :run::text || '-' || :oid::text,
-          (SELECT body FROM bench_payloads WHERE id = :payload::int), now())
+          'pgb-' || :run::text || '-' || :oid::text, '', now())
   ON CONFLICT DO NOTHING;
 
 COMMIT;

@@ -348,10 +348,46 @@ pub struct OutboxRow {
     pub kind: String,
     /// Ordering key (order id, batch id, promoter id).
     pub key: String,
-    /// JSON body.
+    /// JSON body. A split_computed row stores none (see [`SPLIT_COMPUTED`]): it is read
+    /// from the split's stored result.
     pub body: String,
     /// When it was written.
     pub created_at: DateTime<Utc>,
+}
+
+/// Kind of the event of a stored split. Its outbox row stores an empty body: the body is
+/// the split's stored result (`splits.result`, keyed by the row's key, the order id),
+/// joined in when the outbox is read, so that a result is written once, not twice.
+pub const SPLIT_COMPUTED: &str = "split_computed";
+
+/// An outbox row as read with its split's result joined in: the row, or an error when a
+/// split_computed row's split is not stored (its month detached before it was published).
+fn outbox_row(
+    seq: i64,
+    event_id: String,
+    kind: String,
+    key: String,
+    body: String,
+    split_result: Option<String>,
+    created_at: DateTime<Utc>,
+) -> Result<OutboxRow, StoreError> {
+    let body = if kind == SPLIT_COMPUTED {
+        split_result.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "outbox event {event_id}: split {key} is not stored (is its month detached?)"
+            ))
+        })?
+    } else {
+        body
+    };
+    Ok(OutboxRow {
+        seq,
+        event_id,
+        kind,
+        key,
+        body,
+        created_at,
+    })
 }
 
 /// The body of a grade_changed event.

@@ -729,10 +729,11 @@ async fn write_new(tx: &mut Transaction<'_, Postgres>, plan: &batch::Plan) -> Re
                          $25::text[], $26::timestamptz[]) WITH ORDINALITY AS x(a, c, m, d, t, o, w, n)
              ORDER BY n),
          events AS (
-             -- In batch order: the relay publishes in outbox order.
+             -- In batch order: the relay publishes in outbox order. The body is the
+             -- result stored above, read from splits (SPLIT_COMPUTED).
              INSERT INTO outbox (event_id, kind, key, body, created_at)
-             SELECT 'split_computed:' || o, 'split_computed', o, b, w
-             FROM UNNEST($1::text[], $12::text[], $13::timestamptz[]) WITH ORDINALITY AS x(o, b, w, n)
+             SELECT 'split_computed:' || o, 'split_computed', o, '', w
+             FROM UNNEST($1::text[], $13::timestamptz[]) WITH ORDINALITY AS x(o, w, n)
              ORDER BY n
              ON CONFLICT DO NOTHING)
          -- The counters' final values (their rows are locked by this transaction). An
@@ -1340,21 +1341,25 @@ impl Store for PgStore {
     }
 
     async fn outbox_unpublished(&self, limit: u32) -> Result<Vec<OutboxRow>> {
-        let rows =
-            sqlx::query("SELECT * FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1")
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT o.seq, o.event_id, o.kind, o.key, o.body, o.created_at, s.result
+             FROM outbox o LEFT JOIN splits s ON o.kind = 'split_computed' AND s.order_id = o.key
+             WHERE o.published_at IS NULL ORDER BY o.seq LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
-                Ok(OutboxRow {
-                    seq: r.try_get("seq")?,
-                    event_id: r.try_get("event_id")?,
-                    kind: r.try_get("kind")?,
-                    key: r.try_get("key")?,
-                    body: r.try_get("body")?,
-                    created_at: r.try_get("created_at")?,
-                })
+                super::outbox_row(
+                    r.try_get("seq")?,
+                    r.try_get("event_id")?,
+                    r.try_get("kind")?,
+                    r.try_get("key")?,
+                    r.try_get("body")?,
+                    r.try_get("result")?,
+                    r.try_get("created_at")?,
+                )
             })
             .collect()
     }

@@ -721,17 +721,18 @@ async fn write_new(tx: &mut Transaction<'_, Sqlite>, plan: &batch::Plan) -> Resu
         });
         q.build().execute(&mut **tx).await?;
     }
-    // Events, in batch order (the relay publishes in outbox order).
+    // Events, in batch order (the relay publishes in outbox order); the body is the
+    // result stored above, read from `splits` (SPLIT_COMPUTED).
     for chunk in plan.new.chunks(MAX_ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::<Sqlite>::new(
             "INSERT INTO outbox (event_id, kind, key, body, created_at) ",
         );
         q.push_values(chunk, |mut b, n| {
             let r = &n.result;
-            b.push_bind(format!("split_computed:{}", r.order_id))
-                .push_bind("split_computed")
+            b.push_bind(format!("{SPLIT_COMPUTED}:{}", r.order_id))
+                .push_bind(SPLIT_COMPUTED)
                 .push_bind(r.order_id.as_str())
-                .push_bind(n.json.as_str())
+                .push_bind("")
                 .push_bind(us(r.computed_at));
         });
         q.push(" ON CONFLICT (event_id) DO NOTHING");
@@ -1298,21 +1299,25 @@ impl Store for SqliteStore {
     }
 
     async fn outbox_unpublished(&self, limit: u32) -> Result<Vec<OutboxRow>> {
-        let rows =
-            sqlx::query("SELECT * FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?")
-                .bind(i64::from(limit))
-                .fetch_all(&self.reader)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT o.seq, o.event_id, o.kind, o.key, o.body, o.created_at, s.result
+             FROM outbox o LEFT JOIN splits s ON o.kind = 'split_computed' AND s.order_id = o.key
+             WHERE o.published_at IS NULL ORDER BY o.seq LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter()
             .map(|r| {
-                Ok(OutboxRow {
-                    seq: r.try_get("seq")?,
-                    event_id: r.try_get("event_id")?,
-                    kind: r.try_get("kind")?,
-                    key: r.try_get("key")?,
-                    body: r.try_get("body")?,
-                    created_at: from_us(r.try_get("created_at")?)?,
-                })
+                super::outbox_row(
+                    r.try_get("seq")?,
+                    r.try_get("event_id")?,
+                    r.try_get("kind")?,
+                    r.try_get("key")?,
+                    r.try_get("body")?,
+                    r.try_get("result")?,
+                    from_us(r.try_get("created_at")?)?,
+                )
             })
             .collect()
     }

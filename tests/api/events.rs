@@ -220,6 +220,14 @@ async fn a_thousand_order_events_become_a_thousand_results_and_events_once_each_
             Some(ev.id.clone())
         );
         assert!(ids.insert(ev.id.clone()), "event {} published twice", ev.id);
+        if let Some(pb::event::Payload::SplitComputed(split)) = &ev.payload {
+            // The body is the stored result, read from splits (not stored twice).
+            assert_eq!(split.order_id, ev.key);
+            assert!(
+                split.paid_minor > 0 && !split.totals.is_empty(),
+                "{split:?}"
+            );
+        }
         *kinds.entry(ev.kind.clone()).or_default() += 1;
         first_seen.entry(ev.key.clone()).or_default().push(ev.kind);
     }

@@ -466,6 +466,27 @@ async fn a_batch_stores_what_one_order_at_a_time_would_and_a_bad_order_fails_alo
         let stored = s.get_split(id).await.unwrap().unwrap();
         stored.result.check().unwrap();
     }
+    // Each split's event, in batch order, carries the stored result (read from splits,
+    // not stored twice).
+    let events = s.outbox_unpublished(100).await.unwrap();
+    let events: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == prorata::store::SPLIT_COMPUTED)
+        .collect();
+    assert_eq!(
+        events.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        ["O-1", "O-2", "O-3"]
+    );
+    for e in events {
+        let stored = s.get_split(&e.key).await.unwrap().unwrap();
+        let body: prorata::domain::split::SplitResult = serde_json::from_str(&e.body).unwrap();
+        assert_eq!(body, stored.result);
+    }
+    assert_eq!(
+        app.count("outbox WHERE kind = 'split_computed' AND body = ''")
+            .await,
+        3
+    );
 
     // A batch with an order the engine refuses: it fails alone, the others are stored
     // with the counters they would have read without it.
