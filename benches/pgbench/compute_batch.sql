@@ -8,12 +8,17 @@
 --   stored splits      split_keys LEFT JOIN splits, every id at once
 --   counters           every counter row of the batch made to exist and locked (sorted)
 --   buyers             the batch's buyers claimed (ON CONFLICT DO NOTHING RETURNING)
+--                      (both skipped here with -D deferred=1: see below)
 --   split_keys, splits one multi-row insert each (result JSON: bench_payloads)
 --   split_accounts     one row per account per order
 --   entries            one ledger entry per account per order
 --   outbox             one split_computed event per order (empty body: the relay reads splits.result)
---   counters           the final values
+--   counters           the final values (deferred=1: the batch's sums added, rows sorted)
+--   buyers             deferred=1 only: claimed here, after the counters
 --   COMMIT
+-- deferred=1 mirrors a batch whose rule sets read no order history (no month ladder,
+-- first_order condition or grades: RuleSet::reads_order_history), such as the rule set
+-- `prorata bench --setup` publishes: it moves counters and claims buyers at its end.
 -- Compute issues no other statement for a new order (the result cache answers replays;
 -- the network comes from the process cache). Not mirrored: the engine (server CPU).
 --
@@ -34,6 +39,8 @@ SELECT k.order_id, s.fingerprint, s.result FROM split_keys k
   LEFT JOIN splits s ON s.order_id = k.order_id AND s.paid_at = k.paid_at
   WHERE k.order_id = ANY(ARRAY(SELECT order_id FROM bench_batch(:run, :base, :batch, :payloads)));
 
+\if :deferred
+\else
 INSERT INTO volumes (kind, subject, currency, month, amount)
   SELECT k, s, 'CNY', '2026-11', 0 FROM (
     SELECT DISTINCT k, s FROM (
@@ -48,6 +55,7 @@ INSERT INTO buyers (buyer, first_order_id)
   SELECT DISTINCT ON (buyer) buyer, order_id FROM bench_batch(:run, :base, :batch, :payloads)
   ORDER BY buyer, i
   ON CONFLICT (buyer) DO NOTHING RETURNING buyer;
+\endif
 
 INSERT INTO split_keys (order_id, paid_at)
   SELECT order_id, paid_at FROM bench_batch(:run, :base, :batch, :payloads);
@@ -87,6 +95,14 @@ INSERT INTO volumes (kind, subject, currency, month, amount)
       UNION ALL
       SELECT 'promoter', promoter, sales FROM bench_batch(:run, :base, :batch, :payloads)) AS u
     GROUP BY k, s) AS d
+  ORDER BY k, s
   ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = volumes.amount + EXCLUDED.amount;
+
+\if :deferred
+INSERT INTO buyers (buyer, first_order_id)
+  SELECT DISTINCT ON (buyer) buyer, order_id FROM bench_batch(:run, :base, :batch, :payloads)
+  ORDER BY buyer, i
+  ON CONFLICT (buyer) DO NOTHING RETURNING buyer;
+\endif
 
 COMMIT;

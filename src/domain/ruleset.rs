@@ -635,6 +635,24 @@ impl RuleSet {
         self.grades.iter().position(|g| g.id == grade)
     }
 
+    /// True when a split under this rule set depends on what was stored before it: a
+    /// ladder over month sales, a `first_order` condition, or grades (upgraded from month
+    /// volumes). When false, the engine reads nothing of the volume counters or buyers,
+    /// so a batch may move them at its end instead of locking them first.
+    pub fn reads_order_history(&self) -> bool {
+        let month = |l: &Ladder| l.metric != Metric::OrderAmount;
+        !self.grades.is_empty()
+            || self.platform_ladder.as_ref().is_some_and(month)
+            || self.rules.iter().any(|r| {
+                r.when.first_order.is_some()
+                    || matches!(&r.schedule, Schedule::Ladder(l) if month(l))
+            })
+            || self
+                .adjustments
+                .iter()
+                .any(|a| a.when.first_order.is_some())
+    }
+
     /// True when the version applies to this merchant (no canary, or a listed merchant).
     pub fn applies_to(&self, merchant: &str) -> bool {
         self.canary.as_ref().is_none_or(|m| m.contains(merchant))
@@ -1261,6 +1279,26 @@ mod tests {
         assert_eq!(rs.hold_days, 7);
         assert_eq!(rs.attribution.window_days, 30);
         assert!(rs.rules.is_empty());
+    }
+
+    #[test]
+    fn a_rule_set_reads_order_history_through_month_ladders_first_order_and_grades() {
+        let reads = |doc: &str| compile(doc).ruleset.unwrap().reads_order_history();
+        assert!(!reads(""));
+        assert!(!reads("rules: [{id: a, levels: ['0.1']}]\n"));
+        let order_ladder = "rules: [{id: a, ladder: {metric: order_amount, mode: flat, tiers: [{from: '0', rate: '0.1'}]}}]\n";
+        assert!(!reads(order_ladder));
+        assert!(reads(
+            &order_ladder.replace("order_amount", "promoter_month_sales")
+        ));
+        assert!(reads("platform: {ladder: {metric: merchant_month_sales, mode: flat, tiers: [{from: '0', rate: '0.05'}]}}\n"));
+        assert!(reads(
+            "rules: [{id: a, when: {first_order: true}, levels: ['0.1']}]\n"
+        ));
+        assert!(reads("adjustments: [{id: x, when: {first_order: false}, level: 1, add: '0.01'}]\nrules: [{id: a, levels: ['0.1']}]\n"));
+        assert!(reads(
+            "grades: [{id: silver, upgrade: {direct_invites: 3}}]\n"
+        ));
     }
 
     #[test]

@@ -580,9 +580,15 @@ async fn commit_bulk(
         stored.insert(r.try_get::<String, _>("order_id")?, row);
     }
     let claims = batch::claims(batch, &stored);
+    // A batch whose rule sets read no order history (no month ladder, no first_order
+    // condition, no grades) moves its counters and claims its buyers at its end, after
+    // its rows are written: concurrent batches then write side by side and queue only
+    // for the counter rows' final statement and their commit. Otherwise the counters
+    // are locked and read first, so each order sees the ones stored before it.
+    let deferred = batch.iter().all(|p| !p.plan.ruleset.reads_order_history());
     let mut counters = HashMap::with_capacity(claims.counters.len());
     let mut new_buyers = HashSet::new();
-    if !claims.counters.is_empty() {
+    if !deferred && !claims.counters.is_empty() {
         let (k, s, c, m) = unzip4(&claims.counters);
         // Every counter row exists and is locked, in the order of the arrays.
         let rows = sqlx::query(
@@ -614,23 +620,22 @@ async fn commit_bulk(
                 r.try_get::<i64, _>("amount")?,
             );
         }
-        let (b, o): (Vec<String>, Vec<String>) = claims.buyers.iter().cloned().unzip();
-        let won: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO buyers (buyer, first_order_id)
-             SELECT b, o FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS x(b, o, n) ORDER BY n
-             ON CONFLICT (buyer) DO NOTHING RETURNING buyer",
-        )
-        .bind(&b)
-        .bind(&o)
-        .fetch_all(&mut **tx)
-        .await?;
-        new_buyers.extend(won);
+        new_buyers.extend(claim_buyers(tx, &claims.buyers).await?);
     }
     phase.done("read");
-    let plan = batch::plan(batch, stored, counters, &new_buyers)?;
+    // Deferred, the counters read as 0 (the engine does not read them) and the plan's
+    // counters are the batch's own sums.
+    let mut plan = batch::plan(batch, stored, counters, &new_buyers)?;
     phase.done("engine");
     if !plan.new.is_empty() {
-        write_new(tx, &plan).await?;
+        if deferred {
+            let sums = std::mem::take(&mut plan.counters);
+            write_new(tx, &plan).await?;
+            add_to_counters(tx, &sums).await?;
+            claim_buyers(tx, &claims.buyers).await?;
+        } else {
+            write_new(tx, &plan).await?;
+        }
     }
     let mut upgraded = Vec::with_capacity(plan.new.len());
     for check in plan.grade_checks(batch) {
@@ -644,6 +649,55 @@ async fn commit_bulk(
     }
     phase.done("write");
     Ok(plan.outcomes(upgraded))
+}
+
+/// Claims each buyer's first order (sorted by buyer); returns the buyers this
+/// transaction claimed.
+async fn claim_buyers(
+    tx: &mut Transaction<'_, Postgres>,
+    buyers: &[(String, String)],
+) -> Result<Vec<String>> {
+    if buyers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (b, o): (Vec<&str>, Vec<&str>) =
+        buyers.iter().map(|(b, o)| (b.as_str(), o.as_str())).unzip();
+    Ok(sqlx::query_scalar(
+        "INSERT INTO buyers (buyer, first_order_id)
+         SELECT b, o FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS x(b, o, n) ORDER BY n
+         ON CONFLICT (buyer) DO NOTHING RETURNING buyer",
+    )
+    .bind(&b)
+    .bind(&o)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// Adds a batch's sums to its counter rows, locking them in the order of `sums` (sorted,
+/// the global lock order). A sum past i64 fails the statement: overflow is an error.
+async fn add_to_counters(
+    tx: &mut Transaction<'_, Postgres>,
+    sums: &[(batch::CounterKey, i64)],
+) -> Result<()> {
+    if sums.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<batch::CounterKey> = sums.iter().map(|(k, _)| k.clone()).collect();
+    let (k, s, c, m) = unzip4(&keys);
+    sqlx::query(
+        "INSERT INTO volumes (kind, subject, currency, month, amount)
+         SELECT k, s, c, m, d FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+              WITH ORDINALITY AS x(k, s, c, m, d, n) ORDER BY n
+         ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = volumes.amount + EXCLUDED.amount",
+    )
+    .bind(&k)
+    .bind(&s)
+    .bind(&c)
+    .bind(&m)
+    .bind(sums.iter().map(|(_, v)| *v).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn unzip4(keys: &[batch::CounterKey]) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
