@@ -235,7 +235,7 @@ def targets(runs, h2, pgb, cpu_cores):
     pg_ceiling = max((p.get("orders_per_s") or 0) for p in pgb.values()) if pgb else None
     row("durable Compute, unique 2-line orders, PostgreSQL",
         ">= 5,000/s, p99 <= 20 ms, >= 1.0 x pgbench", "b-compute-c64", ceiling=pg_ceiling,
-        note="ceiling = pgbench of the same statements, in orders/s (best of the batched run at the server's 4 batch transactions and the one-order runs at -c 64 and -c 16)")
+        note="ceiling = pgbench of the same statements, in orders/s (best of the batched runs at -c 2 (the server's 2 batch transactions) and -c 4 and the one-order runs at -c 64 and -c 16)")
     row("GetUpline, depth 10, largest network, 1 in flight", "p99 <= 1 ms", "c-upline-c1", "c-empty-c1")
     row("GetUpline, depth 10, largest network, 64 in flight", "p99 <= 1 ms", "c-upline-c64", "c-empty-c64")
     for b, label in [("a", "SQLite"), ("b", "PostgreSQL")]:
