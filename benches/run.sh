@@ -339,7 +339,7 @@ PAYLOADS=$(psql_pg "$PGBENCH_DB" -c "SELECT count(*) FROM bench_payloads")
 # Which schema `prorata migrate` made (see the top of compute.sql).
 PARTITIONED=$(psql_pg "$PGBENCH_DB" -c "SELECT (to_regclass('split_keys') IS NOT NULL)::int")
 log "pgbench schema: split_keys and month partitions: $PARTITIONED"
-# The batched statements at the server's concurrency in the database: PG_WORKERS (4)
+# The batched statements at the server's concurrency in the database: group_commit_workers (2)
 # batch transactions at once, each of the mean batch the server formed.
 psql_pg "$PGBENCH_DB" -f benches/pgbench/batch_setup.sql
 BATCH=$(awk '{print $3}' "$OUT/pgbench/batches.txt" 2>/dev/null || echo 16)
