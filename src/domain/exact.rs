@@ -516,6 +516,12 @@ fn fmt_small(r: &Ratio<i128>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     if let Some((n, d)) = narrow(r) {
         return f.write_str(render_narrow(n, d).as_str());
     }
+    fmt_wide(r, f)
+}
+
+/// [`fmt_small`] without the 64-bit fast path: every small value renders this way (the
+/// fast path is tested against it).
+fn fmt_wide(r: &Ratio<i128>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let (n, d) = (*r.numer(), *r.denom());
     if d == 1 {
         return write!(f, "{n}");
@@ -755,31 +761,15 @@ mod tests {
         assert_eq!(Exact::int(7).to_string(), "7");
     }
 
-    /// The pre-fast-path `Display` of a small value, kept as the oracle of `fmt_narrow`.
+    /// The pre-fast-path `Display` of a small value, the oracle of the fast path.
     fn reference_fmt_small(r: &Ratio<i128>) -> String {
-        let (n, d) = (*r.numer(), *r.denom());
-        if d == 1 {
-            return format!("{n}");
-        }
-        let (mut rest, mut twos, mut fives) = (d, 0u32, 0u32);
-        while rest % 2 == 0 {
-            rest /= 2;
-            twos += 1;
-        }
-        while rest % 5 == 0 {
-            rest /= 5;
-            fives += 1;
-        }
-        let digits = twos.max(fives);
-        if rest == 1 && digits <= 28 {
-            let scale = 10i128.pow(digits) / d;
-            if let Some(m) = n.checked_mul(scale) {
-                if let Ok(dec) = Decimal::try_from_i128_with_scale(m, digits) {
-                    return format!("{}", dec.normalize());
-                }
+        struct Wide<'a>(&'a Ratio<i128>);
+        impl fmt::Display for Wide<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt_wide(self.0, f)
             }
         }
-        format!("{n}/{d}")
+        Wide(r).to_string()
     }
 
     /// Exact arithmetic on big rationals, back to `Small` whenever it fits: what every
