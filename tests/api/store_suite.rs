@@ -36,6 +36,11 @@ fn raw(id: &str, buyer: &str, minor: i64, day: u32) -> RawOrder {
     }
 }
 
+/// A valid 1-line order of merchant M1 paid on 3 November 2026.
+fn order(id: &str, buyer: &str, minor: i64) -> Order {
+    Order::parse(&raw(id, buyer, minor, 3), "order").unwrap()
+}
+
 /// Stores one order on its own (no group commit); returns the outcome and the context
 /// the engine was called with (the default when it was not called: a replay).
 async fn commit(
@@ -438,15 +443,12 @@ async fn a_batch_stores_what_one_order_at_a_time_would_and_a_bad_order_fails_alo
     };
     let s = &app.store;
     let seen: Seen = Default::default();
-    let o = |id: &str, buyer: &str, minor: i64| {
-        Order::parse(&raw(id, buyer, minor, 3), "order").unwrap()
-    };
     // Two orders of one buyer and promoter, a duplicate id, another buyer without one.
     let batch = vec![
-        pending(&o("O-1", "B1", 10_000), Some("P"), &seen, false),
-        pending(&o("O-2", "B1", 20_000), Some("P"), &seen, false),
-        pending(&o("O-1", "B1", 10_000), Some("P"), &seen, false),
-        pending(&o("O-3", "B2", 5_000), None, &seen, false),
+        pending(&order("O-1", "B1", 10_000), Some("P"), &seen, false),
+        pending(&order("O-2", "B1", 20_000), Some("P"), &seen, false),
+        pending(&order("O-1", "B1", 10_000), Some("P"), &seen, false),
+        pending(&order("O-3", "B2", 5_000), None, &seen, false),
     ];
     let out = s.commit_splits(&batch).await.unwrap();
     assert!(matches!(out[0], Ok(CommitOutcome::Stored { .. })));
@@ -505,9 +507,9 @@ async fn a_batch_stores_what_one_order_at_a_time_would_and_a_bad_order_fails_alo
     // with the counters they would have read without it.
     seen.lock().unwrap().clear();
     let batch = vec![
-        pending(&o("O-1", "B1", 10_000), Some("P"), &seen, false),
-        pending(&o("O-4", "B3", 1_000), Some("P"), &seen, true),
-        pending(&o("O-5", "B3", 2_000), Some("P"), &seen, false),
+        pending(&order("O-1", "B1", 10_000), Some("P"), &seen, false),
+        pending(&order("O-4", "B3", 1_000), Some("P"), &seen, true),
+        pending(&order("O-5", "B3", 2_000), Some("P"), &seen, false),
     ];
     let out = s.commit_splits(&batch).await.unwrap();
     assert!(matches!(out[0], Ok(CommitOutcome::Existing(_))));
@@ -528,7 +530,7 @@ async fn a_batch_stores_what_one_order_at_a_time_would_and_a_bad_order_fails_alo
     let batch: Vec<PendingSplit> = (0..64)
         .map(|i| {
             pending(
-                &o(&format!("B-{i}"), &format!("C{i}"), 100 + i),
+                &order(&format!("B-{i}"), &format!("C{i}"), 100 + i),
                 Some("P"),
                 &seen,
                 false,
@@ -539,7 +541,7 @@ async fn a_batch_stores_what_one_order_at_a_time_would_and_a_bad_order_fails_alo
     assert!(out
         .iter()
         .all(|o| matches!(o, Ok(CommitOutcome::Stored { .. }))));
-    let (_, after) = commit(s, &o("O-6", "B9", 1), Some("P")).await;
+    let (_, after) = commit(s, &order("O-6", "B9", 1), Some("P")).await;
     let sum: i64 = (0..64).map(|i| 100 + i).sum();
     assert_eq!(after, ctx(true, 32_000 + sum, 37_000 + sum));
     assert_eq!(app.count("splits").await, 4 + 64 + 1);
@@ -553,36 +555,16 @@ async fn a_batch_whose_rules_read_no_history_moves_counters_and_buyers_exactly(b
     };
     let s = &app.store;
     let seen: Seen = Default::default();
-    let o = |id: &str, buyer: &str, minor: i64| {
-        Order::parse(&raw(id, buyer, minor, 3), "order").unwrap()
-    };
     assert!(!ruleset::compile(PLAIN_RULES)
         .ruleset
         .unwrap()
         .reads_order_history());
+    let plain = |o: Order, promoter| pending_under(PLAIN_RULES, &o, promoter, &seen, false);
     let batch = vec![
-        pending_under(
-            PLAIN_RULES,
-            &o("O-1", "B1", 10_000),
-            Some("P"),
-            &seen,
-            false,
-        ),
-        pending_under(
-            PLAIN_RULES,
-            &o("O-2", "B1", 20_000),
-            Some("P"),
-            &seen,
-            false,
-        ),
-        pending_under(
-            PLAIN_RULES,
-            &o("O-1", "B1", 10_000),
-            Some("P"),
-            &seen,
-            false,
-        ),
-        pending_under(PLAIN_RULES, &o("O-3", "B2", 5_000), None, &seen, false),
+        plain(order("O-1", "B1", 10_000), Some("P")),
+        plain(order("O-2", "B1", 20_000), Some("P")),
+        plain(order("O-1", "B1", 10_000), Some("P")),
+        plain(order("O-3", "B2", 5_000), None),
     ];
     let out = s.commit_splits(&batch).await.unwrap();
     assert!(matches!(out[0], Ok(CommitOutcome::Stored { .. })));
@@ -602,9 +584,9 @@ async fn a_batch_whose_rules_read_no_history_moves_counters_and_buyers_exactly(b
         assert!(seen.iter().all(|(_, c)| !c.first_order), "{seen:?}");
     }
     // An order that reads history sees both counters and both buyers.
-    let (_, after) = commit(s, &o("O-4", "B1", 1), Some("P")).await;
+    let (_, after) = commit(s, &order("O-4", "B1", 1), Some("P")).await;
     assert_eq!(after, ctx(false, 30_000, 35_000));
-    let (_, fresh) = commit(s, &o("O-5", "B9", 1), Some("P")).await;
+    let (_, fresh) = commit(s, &order("O-5", "B9", 1), Some("P")).await;
     assert_eq!(fresh, ctx(true, 30_001, 35_001));
 
     // Concurrent batches of both kinds on the same counter rows and buyers: none fails,
@@ -621,11 +603,7 @@ async fn a_batch_whose_rules_read_no_history_moves_counters_and_buyers_exactly(b
             };
             let batch: Vec<PendingSplit> = (0..16)
                 .map(|i| {
-                    let o = Order::parse(
-                        &raw(&format!("C-{t}-{i}"), &format!("D{}", i % 4), 100, 3),
-                        "order",
-                    )
-                    .unwrap();
+                    let o = order(&format!("C-{t}-{i}"), &format!("D{}", i % 4), 100);
                     pending_under(doc, &o, Some("P"), &seen, false)
                 })
                 .collect();
@@ -640,7 +618,7 @@ async fn a_batch_whose_rules_read_no_history_moves_counters_and_buyers_exactly(b
     for t in tasks {
         t.await.unwrap();
     }
-    let (_, last) = commit(s, &o("O-6", "D0", 1), Some("P")).await;
+    let (_, last) = commit(s, &order("O-6", "D0", 1), Some("P")).await;
     assert_eq!(
         last,
         ctx(false, 30_002 + 8 * 16 * 100, 35_002 + 8 * 16 * 100)
