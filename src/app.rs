@@ -112,12 +112,11 @@ pub type AppResult<T> = Result<T, AppError>;
 /// The outcome of Compute.
 #[derive(Debug, Clone)]
 pub struct Computed {
-    /// The stored result (shared with the result cache on a replay).
-    pub result: Arc<SplitResult>,
+    /// The stored result with its fingerprint and encoding (on a replay, the result
+    /// cache's own entry, whose encoding is made once).
+    pub split: Arc<CachedSplit>,
     /// True when it was stored by an earlier call.
     pub replayed: bool,
-    /// On a replay, the stored result as the result cache holds it (with its encoding).
-    pub stored: Option<Arc<CachedSplit>>,
 }
 
 /// A page of a listing.
@@ -307,9 +306,8 @@ impl App {
     fn replay(order_id: &str, fp: &str, stored: Arc<CachedSplit>) -> AppResult<Computed> {
         if stored.fingerprint == fp {
             Ok(Computed {
-                result: stored.result.clone(),
+                split: stored,
                 replayed: true,
-                stored: Some(stored),
             })
         } else {
             Err(AppError::AlreadyExists(format!(
@@ -387,9 +385,8 @@ impl App {
                     self.cache.invalidate_promoter(&p).await;
                 }
                 Ok(Computed {
-                    result: Arc::new(result),
+                    split: Arc::new(CachedSplit::new(result.fingerprint.clone(), result)),
                     replayed: false,
-                    stored: None,
                 })
             }
             CommitOutcome::Existing(stored) => {

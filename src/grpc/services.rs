@@ -79,7 +79,7 @@ impl CommissionService for Services {
                 Ok(match outcome {
                     Ok(c) => pb::ComputeStreamResponse {
                         order_id,
-                        split: Some(convert::split(&c.result)),
+                        split: Some(convert::split(&c.split.result)),
                         replayed: c.replayed,
                         code: 0,
                         message: String::new(),
@@ -104,13 +104,7 @@ impl CommissionService for Services {
     ) -> Result<Response<pb::ComputeResponse>, Status> {
         let raw = convert::raw_order(require_order(&req.get_ref().order)?).map_err(invalid)?;
         let out = self.app.compute(&raw).await?;
-        let mut resp = Response::new(match &out.stored {
-            Some(stored) => pb::ComputeResponse::encoded(encoded(stored)),
-            None => pb::ComputeResponse {
-                split: Some(convert::split(&out.result)),
-                encoded_split: None,
-            },
-        });
+        let mut resp = Response::new(pb::ComputeResponse::encoded(encoded(&out.split)));
         resp.metadata_mut().insert(
             REPLAYED_HEADER,
             MetadataValue::from_static(if out.replayed { "true" } else { "false" }),
