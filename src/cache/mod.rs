@@ -54,6 +54,10 @@ impl Default for CacheSettings {
     }
 }
 
+/// Ancestors a promoter load from the store brings along ([`Caches::promoter`]): the
+/// default GetUpline depth and more than any chain of levels a rule set pays.
+pub const UPLINE_PREFETCH: u32 = 16;
+
 /// Default bound of the result cache: 64 MiB holds about 20,000 typical 2-line results.
 pub const DEFAULT_SPLITS_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -208,6 +212,11 @@ impl Caches {
     }
 
     /// A promoter, from the local cache, Redis, or the store (in that order).
+    ///
+    /// A load from the store brings the promoter's nearest [`UPLINE_PREFETCH`] ancestors in
+    /// the same query and caches those this process lacks: every reader of a promoter walks
+    /// its chain next (a split, GetUpline), so a cold chain costs one query, not one per
+    /// level.
     pub async fn promoter(&self, id: &str) -> Result<Option<Arc<PromoterNode>>, Arc<StoreError>> {
         let store = self.store.clone();
         let shared = self.shared.clone();
@@ -222,11 +231,24 @@ impl Caches {
                         }
                     }
                 }
-                let node = store.get_promoter(&key).await?;
-                if let Some(sh) = &shared {
-                    if let Ok(v) = serde_json::to_string(&node) {
-                        sh.set(&rkey, &v).await;
+                let mut chain = store.get_upline(&key, UPLINE_PREFETCH).await?.into_iter();
+                let node = chain.next().filter(|n| n.id == key);
+                let mut copies = Vec::new();
+                if shared.is_some() {
+                    copies.push((rkey, serde_json::to_string(&node).ok()));
+                }
+                for a in chain {
+                    if self.promoters.contains_key(&a.id) {
+                        continue;
                     }
+                    if shared.is_some() {
+                        copies.push((shared::promoter_key(&a.id), serde_json::to_string(&a).ok()));
+                    }
+                    self.promoters.insert(a.id.clone(), Some(Arc::new(a))).await;
+                }
+                if let Some(sh) = &shared {
+                    sh.set_many(copies.into_iter().filter_map(|(k, v)| Some((k, v?))))
+                        .await;
                 }
                 Ok(node.map(Arc::new))
             })

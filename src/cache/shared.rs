@@ -169,6 +169,20 @@ impl Shared {
         }
     }
 
+    /// Stores JSON values with the cache TTL in one round trip; failures are ignored.
+    pub async fn set_many(&self, pairs: impl IntoIterator<Item = (String, String)>) {
+        let mut pipe = redis::pipe();
+        let mut any = false;
+        for (k, v) in pairs {
+            pipe.set_ex(k, v, self.ttl_secs).ignore();
+            any = true;
+        }
+        if let (true, Some(mut c)) = (any, self.conn()) {
+            self.bounded(async move { pipe.query_async::<()>(&mut c).await })
+                .await;
+        }
+    }
+
     /// Deletes the Redis copy, tells every replica, and deletes again a little later.
     pub async fn invalidate(self: &Arc<Self>, what: Invalidation) {
         let Some(mut c) = self.conn() else { return };

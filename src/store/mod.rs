@@ -447,6 +447,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// A promoter.
     async fn get_promoter(&self, id: &str) -> Result<Option<PromoterNode>>;
+    /// A promoter and up to `ancestors` of its ancestors, nearest first, in one query;
+    /// empty when the promoter does not exist. The walk stops at a root, at a missing
+    /// parent, and after `ancestors` steps whatever the rows say.
+    async fn get_upline(&self, id: &str, ancestors: u32) -> Result<Vec<PromoterNode>>;
     /// The promoter a customer is bound to.
     async fn get_binding(&self, customer: &str) -> Result<Option<String>>;
     /// Creates or updates a promoter; unknown parent is NotFound, a cycle is

@@ -98,6 +98,15 @@ fn ruleset_row(r: &PgRow) -> Result<StoredRuleSet> {
     })
 }
 
+/// A promoter then its ancestors, nearest first ([`Store::get_upline`]).
+const UPLINE_SQL: &str = "WITH RECURSIVE up(id, parent, grade, status, n) AS (
+    SELECT id, parent, grade, status, 0 FROM promoters WHERE id = $1
+    UNION ALL
+    SELECT p.id, p.parent, p.grade, p.status, up.n + 1
+    FROM up JOIN promoters p ON p.id = up.parent
+    WHERE up.n < $2
+) SELECT id, parent, grade, status FROM up ORDER BY n";
+
 fn promoter_row(r: &PgRow) -> Result<PromoterNode> {
     Ok(PromoterNode {
         id: r.try_get("id")?,
@@ -909,6 +918,17 @@ impl Store for PgStore {
             .await?
             .map(|r| promoter_row(&r))
             .transpose()
+    }
+
+    async fn get_upline(&self, id: &str, ancestors: u32) -> Result<Vec<PromoterNode>> {
+        sqlx::query(UPLINE_SQL)
+            .bind(id)
+            .bind(i64::from(ancestors))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(promoter_row)
+            .collect()
     }
 
     async fn get_binding(&self, customer: &str) -> Result<Option<String>> {

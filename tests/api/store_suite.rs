@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
+use prorata::cache::{CacheSettings, Caches};
 use prorata::domain::engine::EngineError;
 use prorata::domain::engine::{self, Context, Inputs};
 use prorata::domain::network::{NetworkSnapshot, Status};
@@ -193,6 +194,90 @@ async fn store_upserts_merge_fields_and_refuse_cycles(backend: Backend) {
     app.shutdown().await;
 }
 both_backends!(store_upserts_merge_fields_and_refuse_cycles);
+
+async fn store_reads_an_upline_in_one_query_and_the_cache_keeps_its_ancestors(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let s = &app.store;
+    let now = Utc::now();
+    // A <- B <- C <- D <- E, with a grade and a status to decode on the way.
+    for (id, parent) in [
+        ("A", None),
+        ("B", Some("A")),
+        ("C", Some("B")),
+        ("D", Some("C")),
+    ]
+    .into_iter()
+    .chain([("E", Some("D"))])
+    {
+        let u = PromoterUpsert {
+            id: id.into(),
+            parent: Some(parent.map(Into::into)),
+            grade: (id == "C").then(|| Some("gold".into())),
+            status: (id == "B").then_some(Status::Frozen),
+        };
+        s.upsert_promoter(u, None, now).await.unwrap();
+    }
+    let ids = |v: Vec<prorata::domain::network::PromoterNode>| {
+        v.into_iter().map(|n| n.id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(s.get_upline("E", 16).await.unwrap()),
+        ["E", "D", "C", "B", "A"]
+    );
+    assert_eq!(ids(s.get_upline("E", 2).await.unwrap()), ["E", "D", "C"]);
+    assert_eq!(ids(s.get_upline("E", 0).await.unwrap()), ["E"]);
+    assert_eq!(ids(s.get_upline("C", 16).await.unwrap()), ["C", "B", "A"]);
+    assert!(s.get_upline("NOPE", 16).await.unwrap().is_empty());
+    let up = s.get_upline("D", 16).await.unwrap();
+    assert_eq!(up[1].grade.as_deref(), Some("gold"));
+    assert_eq!(
+        (up[2].status, up[2].parent.as_deref()),
+        (Status::Frozen, Some("A"))
+    );
+    assert_eq!(up[3].parent, None);
+
+    // Loading E through a cold cache brings its ancestors along: after the rows change
+    // in the store behind the cache's back (no invalidation), the ancestors still read as they were
+    // loaded, so they came with E's one query and were not read again.
+    let caches = Caches::new(s.clone(), &CacheSettings::default()).unwrap();
+    assert_eq!(
+        caches
+            .promoter("E")
+            .await
+            .unwrap()
+            .unwrap()
+            .parent
+            .as_deref(),
+        Some("D")
+    );
+    for id in ["D", "C", "B", "A"] {
+        let u = PromoterUpsert {
+            id: id.into(),
+            grade: Some(Some("changed".into())),
+            ..Default::default()
+        };
+        s.upsert_promoter(u, None, now).await.unwrap();
+    }
+    for id in ["D", "C", "B", "A"] {
+        let n = caches.promoter(id).await.unwrap().unwrap();
+        assert_ne!(n.grade.as_deref(), Some("changed"), "{id} was read again");
+    }
+    assert_eq!(
+        caches
+            .promoter("C")
+            .await
+            .unwrap()
+            .unwrap()
+            .grade
+            .as_deref(),
+        Some("gold")
+    );
+    assert!(caches.promoter("NOPE").await.unwrap().is_none());
+    app.shutdown().await;
+}
+both_backends!(store_reads_an_upline_in_one_query_and_the_cache_keeps_its_ancestors);
 
 async fn store_commits_once_and_moves_counters_with_the_result(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
