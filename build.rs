@@ -32,6 +32,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".prorata.v1.GetSplitResponse",
             "crate::grpc::wire::GetSplitResponse",
         )
-        .compile_fds(fds)?;
+        .compile_fds(fds.clone())?;
+
+    // The server of CommissionService once more, into OUT_DIR/server, with one difference:
+    // its requests are `crate::grpc::wire::ComputeRequest`, which keeps the bytes a request
+    // arrived as (a replay of identical bytes is answered without decoding them). Every
+    // other type is the one generated above, and nothing but this server is generated.
+    let mut server_fds = fds;
+    for f in &mut server_fds.file {
+        if f.name() != "prorata/v1/commission.proto" {
+            f.service.clear();
+        }
+    }
+    let server_dir = out_dir.join("server");
+    std::fs::create_dir_all(&server_dir)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .out_dir(&server_dir)
+        .extern_path(
+            ".prorata.v1.ComputeRequest",
+            "crate::grpc::wire::ComputeRequest",
+        )
+        .extern_path(
+            ".prorata.v1.ComputeResponse",
+            "crate::grpc::wire::ComputeResponse",
+        )
+        .extern_path(
+            ".prorata.v1.GetSplitResponse",
+            "crate::grpc::wire::GetSplitResponse",
+        )
+        .extern_path(".prorata.v1", "crate::grpc::pb")
+        .compile_fds(server_fds)?;
     Ok(())
 }

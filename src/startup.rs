@@ -13,9 +13,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::app::App;
 use crate::config::Settings;
-use crate::grpc::pb::commission_service_server::CommissionServiceServer;
 use crate::grpc::pb::network_service_server::NetworkServiceServer;
 use crate::grpc::pb::rule_service_server::RuleServiceServer;
+use crate::grpc::pb::server::commission_service_server::CommissionServiceServer;
 use crate::grpc::pb::settlement_service_server::SettlementServiceServer;
 use crate::grpc::pb::FILE_DESCRIPTOR_SET;
 use crate::grpc::services::Services;

@@ -71,6 +71,10 @@ pub struct CachedSplit {
     /// The result as the gRPC layer sends it, encoded on first use: a stored result never
     /// changes, so neither do its bytes.
     pub encoded: OnceLock<Bytes>,
+    /// The bytes of a Compute request already decoded, fingerprinted and found to be this
+    /// order: a request of exactly these bytes is the same order, and is answered without
+    /// decoding it ([`crate::app::App::replay_identical`]). Set on the first replay.
+    pub request: OnceLock<Bytes>,
 }
 
 impl CachedSplit {
@@ -80,13 +84,15 @@ impl CachedSplit {
             fingerprint,
             result: Arc::new(result),
             encoded: OnceLock::new(),
+            request: OnceLock::new(),
         }
     }
 }
 
-/// Estimated heap bytes of a cached result: its strings and vectors, per element, and its
+/// Estimated heap bytes of a cached result: its strings and vectors, per element, its
 /// encoded form (filled on first send, so counted up front: measured at about half the
-/// rest for 2-line results).
+/// rest for 2-line results), and the request bytes it may keep (counted up front too, at
+/// 256 bytes plus 160 per line: 2-line requests of the benchmark are about 430 bytes).
 pub fn split_weight(key: &str, s: &CachedSplit) -> u32 {
     let r = &s.result;
     let shares: usize = r.lines.iter().map(|l| 96 + 112 * l.shares.len()).sum();
@@ -97,7 +103,8 @@ pub fn split_weight(key: &str, s: &CachedSplit) -> u32 {
         + notes
         + 80 * r.totals.len()
         + 96 * (r.chain.len() + r.attribution.len());
-    u32::try_from(bytes + bytes / 2).unwrap_or(u32::MAX)
+    let request = 256 + 160 * r.lines.len();
+    u32::try_from(bytes + bytes / 2 + request).unwrap_or(u32::MAX)
 }
 
 /// Published versions with their compiled rule sets.

@@ -10,11 +10,11 @@ use bytes::Bytes;
 
 use super::convert;
 use super::pb;
-use super::pb::commission_service_server::CommissionService;
 use super::pb::network_service_server::NetworkService;
 use super::pb::rule_service_server::RuleService;
+use super::pb::server::commission_service_server::CommissionService;
 use super::wire;
-use crate::app::{App, AppError};
+use crate::app::{App, AppError, Computed};
 use crate::cache::CachedSplit;
 use crate::domain::order::FieldError;
 use crate::store::{ImportItem, MAX_IMPORT_ITEMS};
@@ -55,6 +55,27 @@ fn require_order(o: &Option<pb::Order>) -> Result<&pb::Order, Status> {
         .ok_or_else(|| invalid(FieldError::new("order", "is required")))
 }
 
+/// Computes one Compute request: a replay of identical bytes from the cache
+/// ([`App::replay_identical`]), otherwise decoded, converted and computed.
+async fn compute_request(app: &App, request: &wire::ComputeRequest) -> Result<Computed, Status> {
+    let bytes = request.bytes();
+    if let Some(id) = wire::order_id(bytes) {
+        if let Some(c) = app.replay_identical(id, bytes).await {
+            return Ok(c);
+        }
+    }
+    let msg = request.decode_message().map_err(|e| {
+        invalid(FieldError::new(
+            "request",
+            format!("is not a ComputeRequest message: {e}"),
+        ))
+    })?;
+    let raw = convert::raw_order(require_order(&msg.order)?).map_err(invalid)?;
+    let c = app.compute(&raw).await?;
+    App::remember_request(&c, bytes);
+    Ok(c)
+}
+
 #[tonic::async_trait]
 impl CommissionService for Services {
     type ComputeStreamStream = std::pin::Pin<
@@ -63,19 +84,15 @@ impl CommissionService for Services {
 
     async fn compute_stream(
         &self,
-        req: Request<Streaming<pb::ComputeRequest>>,
+        req: Request<Streaming<wire::ComputeRequest>>,
     ) -> Result<Response<Self::ComputeStreamStream>, Status> {
         let app = self.app.clone();
         let answers = futures::StreamExt::map(req.into_inner(), move |msg| {
             let app = app.clone();
             async move {
                 let msg = msg?;
-                let order_id = msg.order.as_ref().map(|o| o.id.clone()).unwrap_or_default();
-                let outcome = async {
-                    let raw = convert::raw_order(require_order(&msg.order)?).map_err(invalid)?;
-                    app.compute(&raw).await.map_err(Status::from)
-                }
-                .await;
+                let order_id = wire::order_id(msg.bytes()).unwrap_or_default().to_string();
+                let outcome = compute_request(&app, &msg).await;
                 Ok(match outcome {
                     Ok(c) => pb::ComputeStreamResponse {
                         order_id,
@@ -100,10 +117,9 @@ impl CommissionService for Services {
 
     async fn compute(
         &self,
-        req: Request<pb::ComputeRequest>,
+        req: Request<wire::ComputeRequest>,
     ) -> Result<Response<pb::ComputeResponse>, Status> {
-        let raw = convert::raw_order(require_order(&req.get_ref().order)?).map_err(invalid)?;
-        let out = self.app.compute(&raw).await?;
+        let out = compute_request(&self.app, req.get_ref()).await?;
         let mut resp = Response::new(pb::ComputeResponse::encoded(encoded(&out.split)));
         resp.metadata_mut().insert(
             REPLAYED_HEADER,

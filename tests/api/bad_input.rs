@@ -1,7 +1,9 @@
 //! Bad input never panics and never writes: every malformed order of the vectors plus
 //! many more, each checked for its status code, its field path, and an untouched store.
 
-use prorata::grpc::pb;
+use prorata::grpc::{pb, wire};
+use tokio_stream::StreamExt;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::Code;
 
 use crate::both_backends;
@@ -553,3 +555,94 @@ async fn a_message_over_the_size_limit_is_refused() {
     );
     app.shutdown().await;
 }
+
+/// Sends `bytes` as the whole request message of a Compute call, whatever they are.
+async fn compute_bytes(
+    app: &TestApp,
+    bytes: &'static [u8],
+) -> Result<pb::ComputeResponse, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<wire::ComputeRequest, pb::ComputeResponse>::default();
+    grpc.unary(
+        tonic::Request::new(wire::ComputeRequest::from_bytes(bytes.into())),
+        PathAndQuery::from_static("/prorata.v1.CommissionService/Compute"),
+        codec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+async fn bytes_that_are_not_a_compute_request_are_invalid_and_a_stream_goes_on(backend: Backend) {
+    let Some(mut app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    app.publish("platform: {rate: '0.10'}\n").await;
+    // order: a length of 5 with 1 byte after it; a key with no value; a bad wire type.
+    for bytes in [&[0x0a, 0x05, 0x0a][..], &[0x0a], &[0x0f, 0x01]] {
+        let e = compute_bytes(&app, bytes).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::InvalidArgument,
+            "{bytes:?}: {}",
+            e.message()
+        );
+        assert!(
+            e.message()
+                .starts_with("request: is not a ComputeRequest message"),
+            "{bytes:?}: {}",
+            e.message()
+        );
+    }
+    // No bytes at all decode to a request without an order.
+    let e = compute_bytes(&app, &[]).await.unwrap_err();
+    assert!(e.message().starts_with("order:"), "{}", e.message());
+    assert_nothing_stored(&app).await;
+
+    // In a stream, a message that does not decode gets its own answer; the rest go on.
+    let good = |id: &str| {
+        wire::ComputeRequest::from_bytes(
+            prost::Message::encode_to_vec(&pb::ComputeRequest {
+                order: Some(order(id, "C1", "10.00")),
+            })
+            .into(),
+        )
+    };
+    let msgs = vec![
+        good("O-S1"),
+        wire::ComputeRequest::from_bytes(bytes::Bytes::from_static(&[0x0a, 0x05, 0x0a])),
+        good("O-S2"),
+    ];
+    let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+    grpc.ready().await.unwrap();
+    let codec =
+        tonic_prost::ProstCodec::<wire::ComputeRequest, pb::ComputeStreamResponse>::default();
+    let answers: Vec<_> = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::iter(msgs)),
+            PathAndQuery::from_static("/prorata.v1.CommissionService/ComputeStream"),
+            codec,
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let codes: Vec<_> = answers
+        .iter()
+        .map(|a| (a.order_id.as_str(), a.code))
+        .collect();
+    assert_eq!(
+        codes,
+        [("O-S1", 0), ("", Code::InvalidArgument as i32), ("O-S2", 0)]
+    );
+    assert!(answers[1]
+        .message
+        .starts_with("request: is not a ComputeRequest message"));
+    assert_eq!(app.count("splits").await, 2);
+    app.shutdown().await;
+}
+both_backends!(bytes_that_are_not_a_compute_request_are_invalid_and_a_stream_goes_on);

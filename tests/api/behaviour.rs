@@ -650,3 +650,91 @@ async fn compute_stream_answers_in_order_and_fails_only_the_bad_orders(backend: 
     app.shutdown().await;
 }
 both_backends!(compute_stream_answers_in_order_and_fails_only_the_bad_orders);
+
+async fn only_the_bytes_of_a_checked_replay_are_answered_without_decoding(backend: Backend) {
+    use prorata::app::App;
+    use prorata::cache::CacheSettings;
+    use prost::Message;
+
+    let Some(mut app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    app.publish("platform: {rate: '0.10'}\n").await;
+    let core = App::new(app.store.clone(), &CacheSettings::default())
+        .await
+        .unwrap();
+    let o = order("O-1", "C1", "50.00");
+    let bytes = pb::ComputeRequest {
+        order: Some(o.clone()),
+    }
+    .encode_to_vec();
+    let raw = prorata::grpc::convert::raw_order(&o).unwrap();
+    let fresh = core.compute(&raw).await.unwrap();
+    assert!(!fresh.replayed);
+    // A fresh result is not kept: its request was never compared with a stored one.
+    App::remember_request(&fresh, &bytes);
+    assert!(core.replay_identical("O-1", &bytes).await.is_none());
+    let again = core.compute(&raw).await.unwrap();
+    assert!(again.replayed);
+    App::remember_request(&again, &bytes);
+    let fast = core.replay_identical("O-1", &bytes).await.unwrap();
+    assert!(fast.replayed);
+    assert!(std::sync::Arc::ptr_eq(&fast.split, &again.split));
+    assert_eq!(fast.split.result.paid, 5000);
+    // The same order in other bytes (the minor form) is not identical: it takes the whole
+    // path, where it is still a replay.
+    let mut same = o.clone();
+    same.lines[0].unit_price = minor(5000);
+    let other = pb::ComputeRequest {
+        order: Some(same.clone()),
+    }
+    .encode_to_vec();
+    assert_ne!(other, bytes);
+    assert!(core.replay_identical("O-1", &other).await.is_none());
+    let slow = core
+        .compute(&prorata::grpc::convert::raw_order(&same).unwrap())
+        .await
+        .unwrap();
+    assert!(slow.replayed);
+    // Only the first checked bytes are kept.
+    App::remember_request(&slow, &other);
+    assert!(core.replay_identical("O-1", &other).await.is_none());
+    assert!(core.replay_identical("O-1", &bytes).await.is_some());
+    // The bytes are looked up under their order id only.
+    assert!(core.replay_identical("O-2", &bytes).await.is_none());
+
+    // Over gRPC: the third identical request is answered from its bytes, the same answer;
+    // a different order under the same id is still refused.
+    let req = || pb::ComputeRequest {
+        order: Some(order("O-9", "C1", "12.34")),
+    };
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let r = app.commission.compute(req()).await.unwrap();
+        answers.push((
+            r.metadata()
+                .get("prorata-replayed")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string(),
+            r.into_inner().split.unwrap(),
+        ));
+    }
+    assert_eq!(
+        answers.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(),
+        ["false", "true", "true"]
+    );
+    assert!(answers.iter().all(|a| a.1 == answers[0].1));
+    let e = app
+        .commission
+        .compute(pb::ComputeRequest {
+            order: Some(order("O-9", "C1", "12.35")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    assert_eq!(app.count("splits").await, 2);
+    app.shutdown().await;
+}
+both_backends!(only_the_bytes_of_a_checked_replay_are_answered_without_decoding);
