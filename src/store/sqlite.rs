@@ -82,9 +82,13 @@ impl SqliteStore {
         // WRITER_CHECKPOINT_PAGES: cheap, since the pages are mostly copied already, and
         // it lets the WAL restart from its beginning, which a checkpoint running beside a
         // busy writer never can.
+        // No ping before each acquire (`test_before_acquire(false)`): a SQLite connection is
+        // a file this process holds open, so the ping checks nothing, and it is one more
+        // round trip to the connection's thread for every query.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
             .connect_with(
                 opts.clone()
                     .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string()),
@@ -94,11 +98,13 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
             .connect_with(opts.clone().read_only(true))
             .await?;
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         let alive = Arc::new(());
@@ -152,14 +158,21 @@ fn ruleset_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoredRuleSet> {
     })
 }
 
-/// A promoter then its ancestors, nearest first ([`Store::get_upline`]).
+/// A promoter then its ancestors ([`Store::get_upline`]) as one row: a JSON array of
+/// `[n, id, parent, grade, status]`, `n` the distance from the promoter. One row, because
+/// sqlx hands each row of a SQLite query from its worker thread to the caller on its own:
+/// for 10-deep chains of a 1M-promoter network, one call in flight, the query's time in
+/// the server fell from about 180 µs to about 150 µs (the SQL itself runs in about 26).
 const UPLINE_SQL: &str = "WITH RECURSIVE up(id, parent, grade, status, n) AS (
     SELECT id, parent, grade, status, 0 FROM promoters WHERE id = ?
     UNION ALL
     SELECT p.id, p.parent, p.grade, p.status, up.n + 1
     FROM up JOIN promoters p ON p.id = up.parent
     WHERE up.n < ?
-) SELECT id, parent, grade, status FROM up ORDER BY n";
+) SELECT json_group_array(json_array(n, id, parent, grade, status)) FROM up";
+
+/// One element of [`UPLINE_SQL`]'s array.
+type UplineItem = (u32, String, Option<String>, Option<String>, String);
 
 fn promoter_row(r: &sqlx::sqlite::SqliteRow) -> Result<PromoterNode> {
     Ok(PromoterNode {
@@ -841,13 +854,24 @@ impl Store for SqliteStore {
     }
 
     async fn get_upline(&self, id: &str, ancestors: u32) -> Result<Vec<PromoterNode>> {
-        sqlx::query(UPLINE_SQL)
+        let json: String = sqlx::query_scalar(UPLINE_SQL)
             .bind(id)
             .bind(i64::from(ancestors))
-            .fetch_all(&self.reader)
-            .await?
-            .iter()
-            .map(promoter_row)
+            .fetch_one(&self.reader)
+            .await?;
+        let mut items: Vec<UplineItem> = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Corrupt(format!("upline of {id}: {e}")))?;
+        items.sort_unstable_by_key(|i| i.0);
+        items
+            .into_iter()
+            .map(|(_, id, parent, grade, status)| {
+                Ok(PromoterNode {
+                    id,
+                    parent,
+                    grade,
+                    status: decode_status(&status)?,
+                })
+            })
             .collect()
     }
 
