@@ -20,18 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("prorata_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure()
+    with_twins(tonic_prost_build::configure())
         .build_client(true)
         .build_server(true)
-        // Hand-written twins that can send a stored split already encoded (src/grpc/wire.rs).
-        .extern_path(
-            ".prorata.v1.ComputeResponse",
-            "crate::grpc::wire::ComputeResponse",
-        )
-        .extern_path(
-            ".prorata.v1.GetSplitResponse",
-            "crate::grpc::wire::GetSplitResponse",
-        )
         .compile_fds(fds.clone())?;
 
     // The server of CommissionService once more, into OUT_DIR/server, with one difference:
@@ -46,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let server_dir = out_dir.join("server");
     std::fs::create_dir_all(&server_dir)?;
-    tonic_prost_build::configure()
+    with_twins(tonic_prost_build::configure())
         .build_client(false)
         .build_server(true)
         .out_dir(&server_dir)
@@ -54,15 +45,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".prorata.v1.ComputeRequest",
             "crate::grpc::wire::ComputeRequest",
         )
-        .extern_path(
-            ".prorata.v1.ComputeResponse",
-            "crate::grpc::wire::ComputeResponse",
-        )
-        .extern_path(
-            ".prorata.v1.GetSplitResponse",
-            "crate::grpc::wire::GetSplitResponse",
-        )
         .extern_path(".prorata.v1", "crate::grpc::pb")
         .compile_fds(server_fds)?;
     Ok(())
+}
+
+/// Hand-written twins of generated responses that can send a stored split already encoded
+/// (src/grpc/wire.rs), for clients and servers alike.
+const TWINS: &[(&str, &str)] = &[
+    (
+        ".prorata.v1.ComputeResponse",
+        "crate::grpc::wire::ComputeResponse",
+    ),
+    (
+        ".prorata.v1.GetSplitResponse",
+        "crate::grpc::wire::GetSplitResponse",
+    ),
+];
+
+fn with_twins(b: tonic_prost_build::Builder) -> tonic_prost_build::Builder {
+    TWINS
+        .iter()
+        .fold(b, |b, (proto, rust)| b.extern_path(*proto, *rust))
 }

@@ -119,6 +119,13 @@ impl ComputeRequest {
         &self.bytes
     }
 
+    /// Writes more encoded fields after the bytes.
+    fn append(&mut self, write: impl FnOnce(&mut BytesMut)) {
+        let mut b = BytesMut::from(&self.bytes[..]);
+        write(&mut b);
+        self.bytes = b.freeze();
+    }
+
     /// The request decoded.
     pub fn decode_message(&self) -> Result<pb::ComputeRequest, DecodeError> {
         <pb::ComputeRequest as prost::Message>::decode(self.bytes.clone())
@@ -134,10 +141,7 @@ impl prost::Message for ComputeRequest {
 
     fn merge(&mut self, mut buf: impl Buf) -> Result<(), DecodeError> {
         // Two encodings one after the other are the encoding of their merge.
-        let mut b = BytesMut::with_capacity(self.bytes.len() + buf.remaining());
-        b.put_slice(&self.bytes);
-        b.put(&mut buf);
-        self.bytes = b.freeze();
+        self.append(|b| b.put(&mut buf));
         Ok(())
     }
 
@@ -156,9 +160,7 @@ impl prost::Message for ComputeRequest {
         // field's canonical encoding.
         let mut one = pb::ComputeRequest::default();
         one.merge_field(tag, wire_type, buf, ctx)?;
-        let mut b = BytesMut::from(&self.bytes[..]);
-        prost::Message::encode_raw(&one, &mut b);
-        self.bytes = b.freeze();
+        self.append(|b| prost::Message::encode_raw(&one, b));
         Ok(())
     }
 
