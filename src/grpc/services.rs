@@ -56,10 +56,15 @@ fn require_order(o: &Option<pb::Order>) -> Result<&pb::Order, Status> {
 }
 
 /// Computes one Compute request: a replay of identical bytes from the cache
-/// ([`App::replay_identical`]), otherwise decoded, converted and computed.
-async fn compute_request(app: &App, request: &wire::ComputeRequest) -> Result<Computed, Status> {
+/// ([`App::replay_identical`]), otherwise decoded, converted and computed. `order_id` is
+/// [`wire::order_id`] of the request's bytes.
+async fn compute_request(
+    app: &App,
+    request: &wire::ComputeRequest,
+    order_id: Option<&str>,
+) -> Result<Computed, Status> {
     let bytes = request.bytes();
-    if let Some(id) = wire::order_id(bytes) {
+    if let Some(id) = order_id {
         if let Some(c) = app.replay_identical(id, bytes).await {
             return Ok(c);
         }
@@ -91,8 +96,9 @@ impl CommissionService for Services {
             let app = app.clone();
             async move {
                 let msg = msg?;
-                let order_id = wire::order_id(msg.bytes()).unwrap_or_default().to_string();
-                let outcome = compute_request(&app, &msg).await;
+                let id = wire::order_id(msg.bytes());
+                let outcome = compute_request(&app, &msg, id).await;
+                let order_id = id.unwrap_or_default().to_string();
                 Ok(match outcome {
                     Ok(c) => pb::ComputeStreamResponse {
                         order_id,
@@ -119,7 +125,8 @@ impl CommissionService for Services {
         &self,
         req: Request<wire::ComputeRequest>,
     ) -> Result<Response<pb::ComputeResponse>, Status> {
-        let out = compute_request(&self.app, req.get_ref()).await?;
+        let req = req.get_ref();
+        let out = compute_request(&self.app, req, wire::order_id(req.bytes())).await?;
         let mut resp = Response::new(pb::ComputeResponse::encoded(encoded(&out.split)));
         resp.metadata_mut().insert(
             REPLAYED_HEADER,

@@ -445,8 +445,6 @@ pub trait Store: Send + Sync + 'static {
     /// Every version, oldest first.
     async fn all_rulesets(&self) -> Result<Vec<StoredRuleSet>>;
 
-    /// A promoter.
-    async fn get_promoter(&self, id: &str) -> Result<Option<PromoterNode>>;
     /// A promoter and up to `ancestors` of its ancestors, nearest first, in one query;
     /// empty when the promoter does not exist. The walk stops at a root, at a missing
     /// parent, and after `ancestors` steps whatever the rows say.

@@ -911,15 +911,6 @@ impl Store for PgStore {
         rows.iter().map(ruleset_row).collect()
     }
 
-    async fn get_promoter(&self, id: &str) -> Result<Option<PromoterNode>> {
-        sqlx::query("SELECT id, parent, grade, status FROM promoters WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| promoter_row(&r))
-            .transpose()
-    }
-
     async fn get_upline(&self, id: &str, ancestors: u32) -> Result<Vec<PromoterNode>> {
         sqlx::query(UPLINE_SQL)
             .bind(id)

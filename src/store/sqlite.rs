@@ -844,15 +844,6 @@ impl Store for SqliteStore {
         rows.iter().map(ruleset_row).collect()
     }
 
-    async fn get_promoter(&self, id: &str) -> Result<Option<PromoterNode>> {
-        sqlx::query("SELECT id, parent, grade, status FROM promoters WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?
-            .map(|r| promoter_row(&r))
-            .transpose()
-    }
-
     async fn get_upline(&self, id: &str, ancestors: u32) -> Result<Vec<PromoterNode>> {
         let json: String = sqlx::query_scalar(UPLINE_SQL)
             .bind(id)

@@ -141,7 +141,7 @@ async fn store_upserts_merge_fields_and_refuse_cycles(backend: Backend) {
         Some("B"),
         "an absent parent is kept"
     );
-    let c = s.get_promoter("C").await.unwrap().unwrap();
+    let c = s.get_upline("C", 0).await.unwrap().pop().unwrap();
     assert_eq!(
         (c.grade.as_deref(), c.status),
         (Some("gold"), Status::Frozen)
@@ -177,7 +177,13 @@ async fn store_upserts_merge_fields_and_refuse_cycles(backend: Backend) {
         .unwrap();
     assert_eq!(out.changed, ["E", "A"]);
     assert_eq!(
-        s.get_promoter("A").await.unwrap().unwrap().grade.as_deref(),
+        s.get_upline("A", 0)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap()
+            .grade
+            .as_deref(),
         Some("silver")
     );
     // An import is all or nothing.
@@ -190,7 +196,7 @@ async fn store_upserts_merge_fields_and_refuse_cycles(backend: Backend) {
     ];
     let e = s.import_network(items, None, now).await.unwrap_err();
     assert_eq!(e.index, 1);
-    assert!(s.get_promoter("F").await.unwrap().is_none());
+    assert!(s.get_upline("F", 0).await.unwrap().is_empty());
     app.shutdown().await;
 }
 both_backends!(store_upserts_merge_fields_and_refuse_cycles);
