@@ -1434,3 +1434,33 @@ impl Store for SqliteStore {
         Ok(r.rows_affected())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durability is a setting: the writer must sync the WAL at every commit.
+    #[tokio::test]
+    async fn the_writer_syncs_every_commit_in_wal_mode() {
+        let dir = std::env::temp_dir().join(format!("prorata-sync-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("db.sqlite")).await.unwrap();
+        let mut c = store.writer.acquire().await.unwrap();
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        drop(c);
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            (sync, mode.as_str()),
+            (2, "wal"),
+            "synchronous = FULL (2), WAL"
+        );
+    }
+}
