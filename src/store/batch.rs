@@ -153,6 +153,13 @@ pub(crate) fn plan(
     new_buyers: &HashSet<String>,
 ) -> Result<Plan> {
     let mut out = Plan::default();
+    // Ids that come more than once: only their first result is kept for the replays.
+    let mut ids: HashSet<&str> = HashSet::with_capacity(batch.len());
+    let repeated: HashSet<&str> = batch
+        .iter()
+        .map(|p| p.plan.order_id.as_str())
+        .filter(|id| !ids.insert(id))
+        .collect();
     let mut first_seen: HashSet<&str> = HashSet::new();
     let mut moved: HashSet<CounterKey> = HashSet::new();
     for p in batch {
@@ -187,11 +194,13 @@ pub(crate) fn plan(
             moved.insert(k);
         }
         // A later duplicate of this id in the batch replays it.
-        let split = StoredSplit {
-            fingerprint: new.fingerprint.clone(),
-            result: new.result.clone(),
-        };
-        stored.insert(id.clone(), StoredRow::Split(Box::new(split)));
+        if repeated.contains(id.as_str()) {
+            let split = StoredSplit {
+                fingerprint: new.fingerprint.clone(),
+                result: new.result.clone(),
+            };
+            stored.insert(id.clone(), StoredRow::Split(Box::new(split)));
+        }
         out.answers.push(Answer::New(out.new.len()));
         out.new.push(new);
     }
