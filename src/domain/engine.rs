@@ -417,23 +417,28 @@ fn ladder_amount(l: &Ladder, currency: Currency, prior: i64, sales: i64) -> (Exa
     }
 }
 
-/// Stage 4: the platform rate of a line: the rule's, else the ladder's, else the flat rate.
+/// Stage 4: the platform rate of a line (the rule's, else the ladder's, else the flat
+/// rate), its text and the detail that says where it came from.
 fn platform_rate(
     rs: &RuleSet,
     rule: Option<&Rule>,
     order: &Order,
     ctx: &Context,
-) -> (Exact, String) {
+) -> (Exact, String, String) {
     if let Some(r) = rule.and_then(|r| r.platform_rate.as_ref()) {
         return (
-            r.clone(),
+            r.value.clone(),
+            r.text.clone(),
             format!("platform_rate of rule {}", rule.map_or("", |r| &r.id)),
         );
     }
     if let Some(l) = &rs.platform_ladder {
         if rs.currency.is_some_and(|c| c != order.currency) {
+            let rate = l.tiers[0].rate.clone();
+            let text = rate.to_text();
             return (
-                l.tiers[0].rate.clone(),
+                rate,
+                text,
                 "platform ladder in another currency: first tier".into(),
             );
         }
@@ -443,9 +448,14 @@ fn platform_rate(
             prior_volume(l.metric, ctx),
             order.sales(),
         );
-        return (rate, "platform ladder".into());
+        let text = rate.to_text();
+        return (rate, text, "platform ladder".into());
     }
-    (rs.platform_rate.clone(), String::new())
+    (
+        rs.platform_rate.value.clone(),
+        rs.platform_rate.text.clone(),
+        String::new(),
+    )
 }
 
 /// One commission piece before rounding.
@@ -631,10 +641,10 @@ fn split_line(
     let base = base_of(rs, line, idx)?;
     // Stage 3: channel fee.
     let fee_rate = rs.fee_rate(order.channel_id());
-    let fee_exact = fee_rate.mul(&d_x);
+    let fee_exact = fee_rate.value.mul(&d_x);
     let fee = round(&fee_exact, rs.rounding)?.min(d);
     // Stage 4: platform take and partners.
-    let (p_rate, p_detail) = platform_rate(rs, rule, order, ctx);
+    let (p_rate, p_rate_text, p_detail) = platform_rate(rs, rule, order, ctx);
     let take_exact = p_rate.mul(&d_x);
     let mut take = round(&take_exact, rs.rounding)?;
     let mut take_detail = p_detail;
@@ -646,10 +656,10 @@ fn split_line(
     let mut partner_amounts: Vec<(String, i64, Explanation)> =
         Vec::with_capacity(rs.partners.len());
     for p in &rs.partners {
-        let exact = p.share.mul(&take_x);
+        let exact = p.share.value.mul(&take_x);
         let amount = round(&exact, rs.rounding)?;
         let mut e = Explanation::of(ShareKind::Partner, take);
-        e.rate = p.share.to_text();
+        e.rate = p.share.text.clone();
         e.exact = exact.to_text();
         partner_amounts.push((p.id.clone(), amount, e));
     }
@@ -706,7 +716,7 @@ fn split_line(
         Explanation::of(ShareKind::MerchantResidual, d),
     ));
     let mut pe = Explanation::of(ShareKind::PlatformTake, d);
-    pe.rate = p_rate.to_text();
+    pe.rate = p_rate_text;
     pe.exact = take_exact.to_text();
     pe.detail = take_detail;
     if partner_sum > 0 {
@@ -726,7 +736,7 @@ fn split_line(
         shares.push(share(Account::Partner(id), amount, e));
     }
     let mut fe = Explanation::of(ShareKind::ChannelFee, d);
-    fe.rate = fee_rate.to_text();
+    fe.rate = fee_rate.text.clone();
     fe.exact = fee_exact.to_text();
     shares.push(share(
         Account::Channel(order.channel_id().to_string()),
@@ -765,10 +775,10 @@ fn split_shipping(rs: &RuleSet, order: &Order) -> Result<LineSplit, EngineError>
     let s = order.shipping;
     let s_x = Exact::int(i128::from(s));
     let fee_rate = rs.fee_rate(order.channel_id());
-    let fee_exact = fee_rate.mul(&s_x);
+    let fee_exact = fee_rate.value.mul(&s_x);
     let fee = round(&fee_exact, rs.rounding)?.min(s);
     let mut fe = Explanation::of(ShareKind::ChannelFee, s);
-    fe.rate = fee_rate.to_text();
+    fe.rate = fee_rate.text.clone();
     fe.exact = fee_exact.to_text();
     let mut me = Explanation::of(ShareKind::MerchantResidual, s);
     me.detail = "shipping carries no platform take and no commission".into();

@@ -520,7 +520,7 @@ pub struct Rule {
     /// When it applies.
     pub when: Conditions,
     /// Overrides the platform rate on matching lines.
-    pub platform_rate: Option<Exact>,
+    pub platform_rate: Option<Rate>,
     /// What it pays.
     pub schedule: Schedule,
     /// The text of each schedule rate ([`Exact::to_text`]), rendered once here so that
@@ -542,13 +542,32 @@ pub struct Adjustment {
     pub add: Exact,
 }
 
+/// A constant rate of a rule set with its text ([`Exact::to_text`]), rendered once when
+/// the rule set is compiled: every explanation that shows the rate copies the text
+/// instead of rendering it again for each split.
+#[derive(Debug, Clone)]
+pub struct Rate {
+    /// The rate.
+    pub value: Exact,
+    /// `value.to_text()`.
+    pub text: String,
+}
+
+impl Rate {
+    /// A rate and its text.
+    pub fn new(value: Exact) -> Rate {
+        let text = value.to_text();
+        Rate { value, text }
+    }
+}
+
 /// A platform partner.
 #[derive(Debug, Clone)]
 pub struct Partner {
     /// Id.
     pub id: String,
     /// Share of the platform take.
-    pub share: Exact,
+    pub share: Rate,
 }
 
 /// A grade and its automatic upgrade conditions.
@@ -603,11 +622,11 @@ pub struct RuleSet {
     /// Attribution.
     pub attribution: Attribution,
     /// Fee rate for unlisted channels.
-    pub fee_default: Exact,
+    pub fee_default: Rate,
     /// Fee rate per channel.
-    pub fee_by_channel: HashMap<String, Exact>,
+    pub fee_by_channel: HashMap<String, Rate>,
     /// Platform rate.
-    pub platform_rate: Exact,
+    pub platform_rate: Rate,
     /// Platform ladder (instead of the rate).
     pub platform_ladder: Option<Ladder>,
     /// Partners of the platform take.
@@ -624,7 +643,7 @@ pub struct RuleSet {
 
 impl RuleSet {
     /// Fee rate for a channel id ("default" for none).
-    pub fn fee_rate(&self, channel: &str) -> &Exact {
+    pub fn fee_rate(&self, channel: &str) -> &Rate {
         self.fee_by_channel
             .get(channel)
             .unwrap_or(&self.fee_default)
@@ -964,6 +983,11 @@ impl Validator {
                 fee_default.clone(),
                 |m, r| if *r > m { r.clone() } else { m },
             );
+        let fee_default = Rate::new(fee_default);
+        let fee_by_channel: HashMap<String, Rate> = fee_by_channel
+            .into_iter()
+            .map(|(ch, r)| (ch, Rate::new(r)))
+            .collect();
         // Platform.
         let pd = doc.platform.unwrap_or_default();
         let platform_rate = pd
@@ -990,7 +1014,7 @@ impl Validator {
                 partner_total = partner_total.add(&share);
                 Partner {
                     id: p.id.clone(),
-                    share,
+                    share: Rate::new(share),
                 }
             })
             .collect();
@@ -1103,7 +1127,7 @@ impl Validator {
                 priority: r.priority,
                 index: i,
                 when,
-                platform_rate,
+                platform_rate: platform_rate.map(Rate::new),
                 schedule,
                 rate_texts,
             });
@@ -1185,7 +1209,7 @@ impl Validator {
             },
             fee_default,
             fee_by_channel,
-            platform_rate,
+            platform_rate: Rate::new(platform_rate),
             platform_ladder,
             partners,
             cap,
