@@ -1,13 +1,31 @@
 #!/bin/bash
 # benches/ab/durable.sh BIN PORT NAME [VAR=value...]: durable Compute of unique 2-line orders, 64 in
 # flight, 8 s (DUR), on a fresh SQLite file (or PRORATA_DATABASE_URL=...); output in /tmp/dur/NAME.
+# Prints the bench's summary and, from the server's metrics (port PORT+1000) after the run, the
+# mean batch and the mean time per batch of each group-commit phase (warm-up included).
 BIN=$1 PORT=$2 NAME=$3; shift 3
 D=/tmp/dur/$NAME; rm -rf $D; mkdir -p $D; cd $D
-env PRORATA_SQLITE_PATH=$D/db.sqlite "$@" PRORATA_GRPC_ADDR=127.0.0.1:$PORT PRORATA_LOG_LEVEL=warn $BIN serve > $D/server.log 2>&1 &
+MPORT=$((PORT + 1000))
+env PRORATA_SQLITE_PATH=$D/db.sqlite "$@" PRORATA_METRICS_ADDR=127.0.0.1:$MPORT PRORATA_GRPC_ADDR=127.0.0.1:$PORT PRORATA_LOG_LEVEL=warn $BIN serve > $D/server.log 2>&1 &
 SP=$!
 for i in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 B() { $BIN bench --addr http://127.0.0.1:$PORT --mode closed "$@"; }
 B --duration 0.2 --warmup 0 --concurrency 1 --connections 1 --scenario empty --setup > $D/setup.txt 2>&1
-B --concurrency 64 --connections 4 --duration ${DUR:-8} --warmup 2 --scenario compute --lines 2 --refund-ratio 0 > $D/compute.txt 2>&1
+B --concurrency ${C:-64} --connections 4 --duration ${DUR:-8} --warmup 2 --scenario compute --lines 2 --refund-ratio 0 > $D/compute.txt 2>&1
+curl -s 127.0.0.1:$MPORT/metrics > $D/metrics.txt
 kill $SP; wait $SP 2>/dev/null
 echo "$NAME: $(grep '^ok calls' $D/compute.txt) | $(grep -A1 '^call' $D/compute.txt | tail -1)"
+python3 - $D/metrics.txt <<'PY'
+import re, sys
+m = {}
+for l in open(sys.argv[1]):
+    r = re.match(r'(prorata_group_commit_\w+?)(?:\{phase="(\w+)"\})? ([\d.e+-]+)$', l.strip())
+    if r:
+        m[(r.group(1), r.group(2))] = float(r.group(3))
+n = m.get(('prorata_group_commit_batch_orders_count', None))
+if n:
+    o = m[('prorata_group_commit_batch_orders_sum', None)]
+    phases = ' '.join('%s %.2f ms' % (p, m.get(('prorata_group_commit_phase_seconds_sum', p), 0) / n * 1e3)
+                      for p in ['read', 'engine', 'write', 'commit'])
+    print('  batches %d, %.1f orders each; per batch: %s' % (n, o / n, phases))
+PY
