@@ -15,8 +15,8 @@ use super::money::Currency;
 use super::network::{self, NetworkSnapshot, PromoterNode, MAX_UPLINE_WALK};
 use super::order::{Funder, Line, Order};
 use super::ruleset::{
-    Adjustment, AttributionModel, Base, Conditions, CouponInBase, Ladder, LadderMode, Metric, Rule,
-    RuleSet, Schedule,
+    Adjustment, AttributionModel, Base, Conditions, CouponInBase, Ladder, LadderMode, Metric, Rate,
+    Rule, RuleSet, Schedule,
 };
 use super::split::{
     same_id, Account, AccountAmount, ChainMember, Explanation, InvariantViolation, LineSplit,
@@ -418,27 +418,23 @@ fn ladder_amount(l: &Ladder, currency: Currency, prior: i64, sales: i64) -> (Exa
 }
 
 /// Stage 4: the platform rate of a line (the rule's, else the ladder's, else the flat
-/// rate), its text and the detail that says where it came from.
+/// rate) and the detail that says where it came from.
 fn platform_rate(
     rs: &RuleSet,
     rule: Option<&Rule>,
     order: &Order,
     ctx: &Context,
-) -> (Exact, String, String) {
+) -> (Rate, String) {
     if let Some(r) = rule.and_then(|r| r.platform_rate.as_ref()) {
         return (
-            r.value.clone(),
-            r.text.clone(),
+            r.clone(),
             format!("platform_rate of rule {}", rule.map_or("", |r| &r.id)),
         );
     }
     if let Some(l) = &rs.platform_ladder {
         if rs.currency.is_some_and(|c| c != order.currency) {
-            let rate = l.tiers[0].rate.clone();
-            let text = rate.to_text();
             return (
-                rate,
-                text,
+                Rate::new(l.tiers[0].rate.clone()),
                 "platform ladder in another currency: first tier".into(),
             );
         }
@@ -448,14 +444,9 @@ fn platform_rate(
             prior_volume(l.metric, ctx),
             order.sales(),
         );
-        let text = rate.to_text();
-        return (rate, text, "platform ladder".into());
+        return (Rate::new(rate), "platform ladder".into());
     }
-    (
-        rs.platform_rate.value.clone(),
-        rs.platform_rate.text.clone(),
-        String::new(),
-    )
+    (rs.platform_rate.clone(), String::new())
 }
 
 /// One commission piece before rounding.
@@ -644,8 +635,8 @@ fn split_line(
     let fee_exact = fee_rate.value.mul(&d_x);
     let fee = round(&fee_exact, rs.rounding)?.min(d);
     // Stage 4: platform take and partners.
-    let (p_rate, p_rate_text, p_detail) = platform_rate(rs, rule, order, ctx);
-    let take_exact = p_rate.mul(&d_x);
+    let (p_rate, p_detail) = platform_rate(rs, rule, order, ctx);
+    let take_exact = p_rate.value.mul(&d_x);
     let mut take = round(&take_exact, rs.rounding)?;
     let mut take_detail = p_detail;
     if take > d - fee {
@@ -716,7 +707,7 @@ fn split_line(
         Explanation::of(ShareKind::MerchantResidual, d),
     ));
     let mut pe = Explanation::of(ShareKind::PlatformTake, d);
-    pe.rate = p_rate_text;
+    pe.rate = p_rate.text;
     pe.exact = take_exact.to_text();
     pe.detail = take_detail;
     if partner_sum > 0 {
