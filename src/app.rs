@@ -297,7 +297,7 @@ impl App {
             merchant: order.merchant.clone(),
             buyer: order.buyer.clone(),
             currency: order.currency.code().to_string(),
-            month: engine::month_key(order.paid_at, &published.ruleset),
+            month: engine::month_key(order.paid_at, &published.ruleset).into(),
             primary_promoter: att.primary.as_ref().map(|p| p.id.clone()),
             sales: order.sales(),
             paid_at: order.paid_at,

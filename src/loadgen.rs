@@ -1844,7 +1844,8 @@ mod tests {
                 };
                 let r = engine::compute(&order, &rs, &inputs).expect("computes");
                 assert!(
-                    r.totals.iter().any(|t| t.account == Account::Promoter(net.promoter(0, 1))
+                    r.totals.iter().any(|t| t.account
+                        == Account::Promoter(net.promoter(0, 1).into())
                         && t.amount > 0),
                     "order {n} pays {account}"
                 );

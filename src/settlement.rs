@@ -331,7 +331,7 @@ impl App {
                     .flat_map(|m| &m.lines)
                     .map(|l| l.amount)
                     .sum();
-                stored.insert(id.clone(), (r.paid, refunded, r.currency.clone()));
+                stored.insert(id.clone(), (r.paid, refunded, r.currency.to_string()));
                 check_order(&mut report, &state);
             }
             after = last;

@@ -6,8 +6,6 @@
 //! each share is rounded, and the result is checked against the money invariants before
 //! it is returned.
 
-use std::borrow::Cow;
-
 use chrono::{DateTime, Datelike, Duration, Utc};
 
 use super::exact::{Exact, Rounding};
@@ -20,7 +18,7 @@ use super::ruleset::{
 };
 use super::split::{
     same_id, Account, AccountAmount, ChainMember, Explanation, InvariantViolation, LineSplit,
-    Share, ShareKind, SplitResult, WeightEntry,
+    Share, ShareKind, SplitResult, Text, WeightEntry,
 };
 
 /// What the store knows at commit time that changes money: read in the same transaction
@@ -50,14 +48,14 @@ pub enum EngineError {
 }
 
 /// The calendar month of `at` in the rule set's zone, e.g. "2026-11".
-pub fn month_key(at: DateTime<Utc>, rs: &RuleSet) -> String {
+pub fn month_key(at: DateTime<Utc>, rs: &RuleSet) -> Text {
     let local = at.with_timezone(&rs.timezone);
     let (year, month) = (local.year(), local.month());
     if !(0..=9999).contains(&year) {
-        return format!("{year:04}-{month:02}");
+        return compact_str::format_compact!("{year:04}-{month:02}");
     }
     // The same text as the format above, without the formatting machinery.
-    let mut out = String::with_capacity(7);
+    let mut out = Text::with_capacity(7);
     let y = year as u32;
     for d in [
         y / 1000,
@@ -76,9 +74,9 @@ pub fn month_key(at: DateTime<Utc>, rs: &RuleSet) -> String {
 }
 
 /// Appends the decimal digits of `v` (what `{v}` prints).
-fn push_int(out: &mut String, v: i64) {
+fn push_int(out: &mut impl std::fmt::Write, v: i64) {
     if v < 0 {
-        out.push('-');
+        let _ = out.write_char('-');
     }
     let mut digits = [0u8; 20];
     let (mut i, mut m) = (digits.len(), v.unsigned_abs());
@@ -90,7 +88,8 @@ fn push_int(out: &mut String, v: i64) {
             break;
         }
     }
-    out.extend(digits[i..].iter().map(|&b| char::from(b)));
+    // Writing to a string cannot fail.
+    let _ = out.write_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
 }
 
 // ---------------------------------------------------------------- attribution
@@ -419,23 +418,18 @@ fn ladder_amount(l: &Ladder, currency: Currency, prior: i64, sales: i64) -> (Exa
 
 /// Stage 4: the platform rate of a line (the rule's, else the ladder's, else the flat
 /// rate) and the detail that says where it came from.
-fn platform_rate(
-    rs: &RuleSet,
-    rule: Option<&Rule>,
-    order: &Order,
-    ctx: &Context,
-) -> (Rate, String) {
+fn platform_rate(rs: &RuleSet, rule: Option<&Rule>, order: &Order, ctx: &Context) -> (Rate, Text) {
     if let Some(r) = rule.and_then(|r| r.platform_rate.as_ref()) {
         return (
             r.clone(),
-            format!("platform_rate of rule {}", rule.map_or("", |r| &r.id)),
+            compact_str::format_compact!("platform_rate of rule {}", rule.map_or("", |r| &r.id)),
         );
     }
     if let Some(l) = &rs.platform_ladder {
         if rs.currency.is_some_and(|c| c != order.currency) {
             return (
                 Rate::new(l.tiers[0].rate.clone()),
-                "platform ladder in another currency: first tier".into(),
+                Text::const_new("platform ladder in another currency: first tier"),
             );
         }
         let (_, rate) = ladder_amount(
@@ -444,14 +438,14 @@ fn platform_rate(
             prior_volume(l.metric, ctx),
             order.sales(),
         );
-        return (Rate::new(rate), "platform ladder".into());
+        return (Rate::new(rate), Text::const_new("platform ladder"));
     }
-    (rs.platform_rate.clone(), String::new())
+    (rs.platform_rate.clone(), Text::const_new(""))
 }
 
 /// One commission piece before rounding.
 struct Piece {
-    promoter: String,
+    promoter: Text,
     exact: Exact,
     /// Its rounded amount (stage 8b), then guarded (stage 9).
     rounded: i64,
@@ -468,7 +462,7 @@ fn level_amount(
     line: &Line,
     base_x: &Exact,
     ctx: &Context,
-) -> (Exact, String, Vec<String>) {
+) -> (Exact, Text, Vec<Text>) {
     let cur = order.currency;
     // Adjustment additions of this level (rate schedules only), in document order.
     let mut add: Option<Exact> = None;
@@ -479,7 +473,7 @@ fn level_amount(
                 Some(x) => x.add(&a.add),
                 None => Exact::zero().add(&a.add),
             });
-            ids.push(a.id.clone());
+            ids.push(Text::from(a.id.as_str()));
         }
     }
     // x + 0 is x exactly: skip the addition when no adjustment applies.
@@ -490,7 +484,7 @@ fn level_amount(
     // Without an adjustment the rate is the rule's own, whose text is already rendered.
     let text = |rate: &Exact, i: usize| match (&add, rule.rate_texts.get(i)) {
         (None, Some(t)) => t.clone(),
-        _ => rate.to_text(),
+        _ => rate.to_compact_text(),
     };
     let (amount, rate) = match &rule.schedule {
         Schedule::Rates(r) => {
@@ -501,13 +495,13 @@ fn level_amount(
             let per_unit = cur.major_to_minor(&f[k as usize - 1]);
             (
                 per_unit.mul(&Exact::int(i128::from(line.quantity))),
-                format!("{} per unit", f[k as usize - 1]),
+                compact_str::format_compact!("{} per unit", f[k as usize - 1]),
             )
         }
         Schedule::Ladder(l) if k == 1 => {
             let (_, eff) = ladder_amount(l, cur, prior_volume(l.metric, ctx), order.sales());
             let rate = plus(&eff);
-            (rate.mul(base_x), rate.to_text())
+            (rate.mul(base_x), rate.to_compact_text())
         }
         Schedule::Ladder(l) => {
             let rate = plus(&l.levels[k as usize - 2]);
@@ -544,9 +538,9 @@ fn commission_pieces(
     let level = |k: u32| level_amount(k, rule, &adjustments, order, line, &base_x, ctx);
     let levels = rule.schedule.len().min(rs.max_levels as usize);
     let mut pieces = Vec::with_capacity(att.weights.len() + levels.saturating_sub(1));
-    let expl = |level: u32, rate: String, ids: Vec<String>| {
+    let expl = |level: u32, rate: Text, ids: Vec<Text>| {
         let mut e = Explanation::of(ShareKind::Commission, base);
-        e.rule_id = rule.id.clone();
+        e.rule_id = Text::from(rule.id.as_str());
         e.level = level;
         e.rate = rate;
         e.adjustments = ids;
@@ -554,7 +548,7 @@ fn commission_pieces(
     };
     if levels >= 1 {
         let active = att.weights.iter().filter(|w| w.node.is_active()).count();
-        let mut level1: Option<(Exact, String, Vec<String>)> = None;
+        let mut level1: Option<(Exact, Text, Vec<Text>)> = None;
         let mut given = 0;
         for w in &att.weights {
             if !w.node.is_active() {
@@ -573,9 +567,9 @@ fn commission_pieces(
                 (rate1.clone(), ids1.clone())
             };
             let mut e = expl(1, rate, ids);
-            e.weight = w.weight.to_text();
+            e.weight = w.weight.to_compact_text();
             pieces.push(Piece {
-                promoter: w.node.id.clone(),
+                promoter: Text::from(w.node.id.as_str()),
                 exact: amount1.mul(&w.weight),
                 rounded: 0,
                 expl: e,
@@ -589,7 +583,7 @@ fn commission_pieces(
                 let mut e = expl(k, rate, ids);
                 e.compressed = l.compressed;
                 pieces.push(Piece {
-                    promoter: l.node.id.clone(),
+                    promoter: Text::from(l.node.id.as_str()),
                     exact: amount,
                     rounded: 0,
                     expl: e,
@@ -641,18 +635,17 @@ fn split_line(
     let mut take_detail = p_detail;
     if take > d - fee {
         take = d - fee;
-        take_detail = "clamped so that fee + take never exceed the line".into();
+        take_detail = Text::const_new("clamped so that fee + take never exceed the line");
     }
     let take_x = Exact::int(i128::from(take));
-    let mut partner_amounts: Vec<(String, i64, Explanation)> =
-        Vec::with_capacity(rs.partners.len());
+    let mut partner_amounts: Vec<(Text, i64, Explanation)> = Vec::with_capacity(rs.partners.len());
     for p in &rs.partners {
         let exact = p.share.value.mul(&take_x);
         let amount = round(&exact, rs.rounding)?;
         let mut e = Explanation::of(ShareKind::Partner, take);
         e.rate = p.share.text.clone();
-        e.exact = exact.to_text();
-        partner_amounts.push((p.id.clone(), amount, e));
+        e.exact = exact.to_compact_text();
+        partner_amounts.push((Text::from(p.id.as_str()), amount, e));
     }
     let partner_sum: i64 = partner_amounts.iter().map(|p| p.1).sum();
     if partner_sum > take {
@@ -682,7 +675,7 @@ fn split_line(
         }
     }
     for p in &mut pieces {
-        p.expl.exact = p.exact.to_text();
+        p.expl.exact = p.exact.to_compact_text();
         p.rounded = round(&p.exact, rs.rounding)?.max(0);
     }
     // Stage 9: guard.
@@ -702,17 +695,17 @@ fn split_line(
     let merchant = d - fee - take - promoters;
     let mut shares = Vec::with_capacity(3 + partner_amounts.len() + pieces.len());
     shares.push(share(
-        Account::Merchant(order.merchant.clone()),
+        Account::Merchant(Text::from(order.merchant.as_str())),
         merchant,
         Explanation::of(ShareKind::MerchantResidual, d),
     ));
     let mut pe = Explanation::of(ShareKind::PlatformTake, d);
     pe.rate = p_rate.text;
-    pe.exact = take_exact.to_text();
+    pe.exact = take_exact.to_compact_text();
     pe.detail = take_detail;
     if partner_sum > 0 {
         // "<detail>; keeps N after partners", or without the "; " when there is no detail.
-        let mut detail = String::with_capacity(pe.detail.len() + 40);
+        let mut detail = Text::with_capacity(pe.detail.len() + 40);
         detail.push_str(&pe.detail);
         if !pe.detail.is_empty() {
             detail.push_str("; ");
@@ -728,9 +721,9 @@ fn split_line(
     }
     let mut fe = Explanation::of(ShareKind::ChannelFee, d);
     fe.rate = fee_rate.text.clone();
-    fe.exact = fee_exact.to_text();
+    fe.exact = fee_exact.to_compact_text();
     shares.push(share(
-        Account::Channel(order.channel_id().to_string()),
+        Account::Channel(Text::from(order.channel_id())),
         fee,
         fe,
     ));
@@ -753,7 +746,7 @@ fn split_line(
     }
     shares.retain(|s| s.amount != 0 || matches!(s.account, Account::Merchant(_)));
     Ok(LineSplit {
-        line_id: line.id.clone(),
+        line_id: Text::from(line.id.as_str()),
         paid: d,
         base,
         uses: line.uses,
@@ -770,17 +763,17 @@ fn split_shipping(rs: &RuleSet, order: &Order) -> Result<LineSplit, EngineError>
     let fee = round(&fee_exact, rs.rounding)?.min(s);
     let mut fe = Explanation::of(ShareKind::ChannelFee, s);
     fe.rate = fee_rate.text.clone();
-    fe.exact = fee_exact.to_text();
+    fe.exact = fee_exact.to_compact_text();
     let mut me = Explanation::of(ShareKind::MerchantResidual, s);
-    me.detail = "shipping carries no platform take and no commission".into();
+    me.detail = Text::const_new("shipping carries no platform take and no commission");
     let mut shares = vec![share(
-        Account::Merchant(order.merchant.clone()),
+        Account::Merchant(Text::from(order.merchant.as_str())),
         s - fee,
         me,
     )];
     if fee > 0 {
         shares.push(share(
-            Account::Channel(order.channel_id().to_string()),
+            Account::Channel(Text::from(order.channel_id())),
             fee,
             fe,
         ));
@@ -848,15 +841,9 @@ pub fn compute_with(
     if order.shipping > 0 {
         lines.push(split_shipping(rs, order)?);
     }
-    // Promoters' lowest level in the order fixes their place in the account order. Their
-    // ids are borrowed from the attribution and the chain the pieces came from.
-    let source_ids = || {
-        att.weights
-            .iter()
-            .map(|w| w.node.id.as_str())
-            .chain(chain.iter().map(|l| l.node.id.as_str()))
-    };
-    let mut level_of: Vec<(Cow<'_, str>, u32)> = Vec::new();
+    // Promoters' lowest level in the order fixes their place in the account order. The
+    // ids are copied (inline, no allocation): the shares they come from are sorted next.
+    let mut level_of: Vec<(Text, u32)> = Vec::new();
     for l in &lines {
         for s in &l.shares {
             if let Account::Promoter(id) = &s.account {
@@ -868,13 +855,7 @@ pub fn compute_with(
                     .unwrap_or(u32::MAX);
                 match level_of.iter_mut().find(|x| same_id(&x.0, id)) {
                     Some(x) => x.1 = x.1.min(lv),
-                    None => {
-                        let key = match source_ids().find(|s| same_id(s, id)) {
-                            Some(s) => Cow::Borrowed(s),
-                            None => Cow::Owned(id.clone()),
-                        };
-                        level_of.push((key, lv));
-                    }
+                    None => level_of.push((id.clone(), lv)),
                 }
             }
         }
@@ -910,34 +891,34 @@ pub fn compute_with(
     if let Some(p) = &att.primary {
         chain_out.push(ChainMember {
             level: 1,
-            promoter: p.id.clone(),
-            status: p.status.as_str().to_string(),
-            grade: p.grade.clone().unwrap_or_default(),
+            promoter: Text::from(p.id.as_str()),
+            status: Text::const_new(p.status.as_str()),
+            grade: Text::from(p.grade.as_deref().unwrap_or_default()),
         });
     }
     for (k, l) in chain.iter().enumerate() {
         chain_out.push(ChainMember {
             level: k as u32 + 2,
-            promoter: l.node.id.clone(),
-            status: l.node.status.as_str().to_string(),
-            grade: l.node.grade.clone().unwrap_or_default(),
+            promoter: Text::from(l.node.id.as_str()),
+            status: Text::const_new(l.node.status.as_str()),
+            grade: Text::from(l.node.grade.as_deref().unwrap_or_default()),
         });
     }
-    let primary_id = att.primary.as_ref().map(|p| p.id.clone());
+    let primary_id = att.primary.as_ref().map(|p| Text::from(p.id.as_str()));
     let attribution = att
         .weights
         .iter()
         .map(|w| WeightEntry {
-            promoter: w.node.id.clone(),
-            weight: w.weight.to_text(),
-            primary: Some(&w.node.id) == primary_id.as_ref(),
+            promoter: Text::from(w.node.id.as_str()),
+            weight: w.weight.to_compact_text(),
+            primary: primary_id.as_deref() == Some(w.node.id.as_str()),
         })
         .collect();
     let result = SplitResult {
         order_id: order.id.clone(),
         merchant: order.merchant.clone(),
         buyer: order.buyer.clone(),
-        currency: cur.code().to_string(),
+        currency: Text::const_new(cur.code()),
         exponent: cur.exponent(),
         paid_at: order.paid_at,
         ruleset_version: inputs.ruleset_version,

@@ -9,6 +9,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+use super::split::Text;
 use num_bigint::BigInt;
 use num_integer::Integer;
 use num_rational::{BigRational, Ratio};
@@ -335,6 +336,18 @@ impl Exact {
                 None => self.to_string(),
             },
             Exact::Big(_) => self.to_string(),
+        }
+    }
+
+    /// [`Exact::to_text`] as a result [`Text`]: built in place, without an allocation when
+    /// it fits inline (24 bytes, every rate and amount of an ordinary split).
+    pub fn to_compact_text(&self) -> Text {
+        match self {
+            Exact::Small(r) => match narrow(r) {
+                Some((n, d)) => Text::from(render_narrow(n, d).as_str()),
+                None => compact_str::ToCompactString::to_compact_string(self),
+            },
+            Exact::Big(_) => compact_str::ToCompactString::to_compact_string(self),
         }
     }
 

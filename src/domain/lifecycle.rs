@@ -181,7 +181,7 @@ pub fn line_states(result: &SplitResult, movements: &[Movement]) -> Vec<LineStat
                 }
             }
             LineState {
-                line_id: l.line_id.clone(),
+                line_id: l.line_id.to_string(),
                 uses: l.uses,
                 unused_uses: l.uses.map_or(0, |u| u.saturating_sub(used)),
                 holdings,
@@ -370,7 +370,7 @@ pub fn plan_refund(
         id: r.refund_id.clone(),
         kind: MovementKind::Refund,
         order_id: result.order_id.clone(),
-        currency: result.currency.clone(),
+        currency: result.currency.to_string(),
         exponent: result.exponent,
         totals: totals_of(&lines),
         lines,
@@ -442,7 +442,7 @@ pub fn plan_redemption(
         id: redemption_id.to_string(),
         kind: MovementKind::Redemption,
         order_id: result.order_id.clone(),
-        currency: result.currency.clone(),
+        currency: result.currency.to_string(),
         exponent: result.exponent,
         totals: totals_of(std::slice::from_ref(&line)),
         lines: vec![line],

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::exact::{Exact, Rounding};
 use super::money::{self, Currency};
+use super::split::Text;
 
 /// Largest rule-set document accepted, in bytes.
 pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
@@ -526,7 +527,7 @@ pub struct Rule {
     /// The text of each schedule rate ([`Exact::to_text`]), rendered once here so that
     /// explanations copy it: every level of `Rates`, levels 2.. of `Ladder`, none for
     /// `Fixed`.
-    pub rate_texts: Vec<String>,
+    pub rate_texts: Vec<Text>,
 }
 
 /// An adjustment: adds to one level's rate when its conditions hold.
@@ -550,13 +551,13 @@ pub struct Rate {
     /// The rate.
     pub value: Exact,
     /// `value.to_text()`.
-    pub text: String,
+    pub text: Text,
 }
 
 impl Rate {
     /// A rate and its text.
     pub fn new(value: Exact) -> Rate {
-        let text = value.to_text();
+        let text = value.to_compact_text();
         Rate { value, text }
     }
 }
@@ -1118,8 +1119,8 @@ impl Validator {
                 );
             }
             let rate_texts = match &schedule {
-                Schedule::Rates(r) => r.iter().map(Exact::to_text).collect(),
-                Schedule::Ladder(l) => l.levels.iter().map(Exact::to_text).collect(),
+                Schedule::Rates(r) => r.iter().map(Exact::to_compact_text).collect(),
+                Schedule::Ladder(l) => l.levels.iter().map(Exact::to_compact_text).collect(),
                 Schedule::Fixed(_) => Vec::new(),
             };
             rules.push(Rule {

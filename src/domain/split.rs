@@ -7,19 +7,24 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Short text of a result: ids, rates, exact amounts, details. It keeps up to 24 bytes
+/// inline, so building or copying one (the engine makes about seventy per split)
+/// allocates nothing; longer text goes to the heap like a `String`.
+pub type Text = compact_str::CompactString;
+
 /// An account that receives money.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Account {
     /// `merchant:<id>`: the residual.
-    Merchant(String),
+    Merchant(Text),
     /// `platform`.
     Platform,
     /// `partner:<id>`: a sub-share of the platform take.
-    Partner(String),
+    Partner(Text),
     /// `channel:<id>`: the payment channel's fee.
-    Channel(String),
+    Channel(Text),
     /// `promoter:<id>`.
-    Promoter(String),
+    Promoter(Text),
 }
 
 /// `a == b` for ids. Ids that differ almost always differ in length or in their last
@@ -96,7 +101,7 @@ impl FromStr for Account {
         if id.is_empty() {
             return Err(format!("{s:?} has no id"));
         }
-        let id = id.to_string();
+        let id = Text::from(id);
         match kind {
             "merchant" => Ok(Account::Merchant(id)),
             "partner" => Ok(Account::Partner(id)),
@@ -143,22 +148,22 @@ pub struct Explanation {
     /// Kind.
     pub kind: ShareKind,
     /// The rule that applied (commissions).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub rule_id: String,
+    #[serde(default, skip_serializing_if = "Text::is_empty")]
+    pub rule_id: Text,
     /// Promoter level.
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub level: u32,
     /// What the rate applied to, minor units.
     pub base: i64,
     /// The exact rate.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub rate: String,
+    #[serde(default, skip_serializing_if = "Text::is_empty")]
+    pub rate: Text,
     /// Attribution weight (level 1).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub weight: String,
+    #[serde(default, skip_serializing_if = "Text::is_empty")]
+    pub weight: Text,
     /// Exact amount before rounding, minor units.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub exact: String,
+    #[serde(default, skip_serializing_if = "Text::is_empty")]
+    pub exact: Text,
     /// The cap scaled it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub capped: bool,
@@ -170,10 +175,10 @@ pub struct Explanation {
     pub compressed: bool,
     /// Adjustments added to the rate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub adjustments: Vec<String>,
+    pub adjustments: Vec<Text>,
     /// Anything else.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub detail: String,
+    #[serde(default, skip_serializing_if = "Text::is_empty")]
+    pub detail: Text,
 }
 
 fn is_zero_u32(v: &u32) -> bool {
@@ -189,17 +194,17 @@ impl Explanation {
     pub fn of(kind: ShareKind, base: i64) -> Self {
         Explanation {
             kind,
-            rule_id: String::new(),
+            rule_id: Text::const_new(""),
             level: 0,
             base,
-            rate: String::new(),
-            weight: String::new(),
-            exact: String::new(),
+            rate: Text::const_new(""),
+            weight: Text::const_new(""),
+            exact: Text::const_new(""),
             capped: false,
             guarded: false,
             compressed: false,
             adjustments: vec![],
-            detail: String::new(),
+            detail: Text::const_new(""),
         }
     }
 }
@@ -219,7 +224,7 @@ pub struct Share {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineSplit {
     /// Line id (`shipping` for the shipping pseudo-line).
-    pub line_id: String,
+    pub line_id: Text,
     /// What the buyer paid for it.
     pub paid: i64,
     /// The commission base.
@@ -246,21 +251,21 @@ pub struct ChainMember {
     /// Level.
     pub level: u32,
     /// Promoter id.
-    pub promoter: String,
+    pub promoter: Text,
     /// Status at computation time.
-    pub status: String,
+    pub status: Text,
     /// Grade at computation time.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub grade: String,
+    #[serde(default, skip_serializing_if = "Text::is_empty")]
+    pub grade: Text,
 }
 
 /// An attribution weight.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WeightEntry {
     /// Promoter id.
-    pub promoter: String,
+    pub promoter: Text,
     /// Exact weight.
-    pub weight: String,
+    pub weight: Text,
     /// The primary promoter.
     pub primary: bool,
 }
@@ -275,7 +280,7 @@ pub struct SplitResult {
     /// Buyer.
     pub buyer: String,
     /// Currency code.
-    pub currency: String,
+    pub currency: Text,
     /// Currency exponent.
     pub exponent: u32,
     /// Payment time.
@@ -302,9 +307,9 @@ pub struct SplitResult {
     pub sales: i64,
     /// The primary promoter whose month volume moved, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub primary_promoter: Option<String>,
+    pub primary_promoter: Option<Text>,
     /// The calendar month (in the rule set's zone) whose counters moved: "2026-11".
-    pub month: String,
+    pub month: Text,
     /// Days from payment until entries are available.
     pub hold_days: u32,
 }

@@ -147,7 +147,7 @@ pub fn lines(lines: &[split::LineSplit], currency: &str, exponent: u32) -> Vec<p
     lines
         .iter()
         .map(|l| pb::LineSplit {
-            line_id: l.line_id.clone(),
+            line_id: l.line_id.to_string(),
             paid_minor: l.paid,
             base_minor: l.base,
             shares: l
@@ -162,17 +162,17 @@ pub fn lines(lines: &[split::LineSplit], currency: &str, exponent: u32) -> Vec<p
                         .iter()
                         .map(|e| pb::Explanation {
                             kind: kind(e.kind),
-                            rule_id: e.rule_id.clone(),
+                            rule_id: e.rule_id.to_string(),
                             level: e.level,
                             base_minor: e.base,
-                            rate: e.rate.clone(),
-                            weight: e.weight.clone(),
-                            exact_minor: e.exact.clone(),
+                            rate: e.rate.to_string(),
+                            weight: e.weight.to_string(),
+                            exact_minor: e.exact.to_string(),
                             capped: e.capped,
                             guarded: e.guarded,
                             compressed: e.compressed,
-                            adjustments: e.adjustments.clone(),
-                            detail: e.detail.clone(),
+                            adjustments: e.adjustments.iter().map(|a| a.to_string()).collect(),
+                            detail: e.detail.to_string(),
                         })
                         .collect(),
                 })
@@ -187,7 +187,7 @@ pub fn split(r: &SplitResult) -> pb::Split {
         order_id: r.order_id.clone(),
         merchant: r.merchant.clone(),
         buyer: r.buyer.clone(),
-        currency: r.currency.clone(),
+        currency: r.currency.to_string(),
         currency_exponent: r.exponent,
         paid_at: Some(timestamp(r.paid_at)),
         ruleset_version: r.ruleset_version,
@@ -198,17 +198,17 @@ pub fn split(r: &SplitResult) -> pb::Split {
             .iter()
             .map(|c| pb::ChainLink {
                 level: c.level,
-                promoter: c.promoter.clone(),
-                status: c.status.clone(),
-                grade: c.grade.clone(),
+                promoter: c.promoter.to_string(),
+                status: c.status.to_string(),
+                grade: c.grade.to_string(),
             })
             .collect(),
         attribution: r
             .attribution
             .iter()
             .map(|w| pb::AttributionWeight {
-                promoter: w.promoter.clone(),
-                weight: w.weight.clone(),
+                promoter: w.promoter.to_string(),
+                weight: w.weight.to_string(),
                 primary: w.primary,
             })
             .collect(),
@@ -306,7 +306,7 @@ pub fn movement(m: &crate::domain::lifecycle::Movement) -> pb::Movement {
             .lines
             .iter()
             .map(|l| pb::LineSplit {
-                line_id: l.line_id.clone(),
+                line_id: l.line_id.to_string(),
                 paid_minor: l.amount,
                 base_minor: 0,
                 shares: l
@@ -370,7 +370,7 @@ pub fn refund(r: &pb::RefundRequest) -> crate::domain::lifecycle::RawRefund {
             .lines
             .iter()
             .map(|l| crate::domain::lifecycle::RawRefundLine {
-                line_id: l.line_id.clone(),
+                line_id: l.line_id.to_string(),
                 amount: amount(&l.amount),
                 uses: l.uses,
             })

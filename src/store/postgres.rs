@@ -326,8 +326,8 @@ async fn sub_volume(
         .bind(delta)
         .bind(kind)
         .bind(subject)
-        .bind(&r.currency)
-        .bind(&r.month)
+        .bind(r.currency.as_str())
+        .bind(r.month.as_str())
         .execute(&mut **tx)
         .await?;
     Ok(())

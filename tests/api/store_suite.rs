@@ -486,7 +486,7 @@ fn pending_under(
         merchant: o.merchant.clone(),
         buyer: o.buyer.clone(),
         currency: "CNY".into(),
-        month: engine::month_key(o.paid_at, &rs),
+        month: engine::month_key(o.paid_at, &rs).into(),
         primary_promoter: promoter.map(Into::into),
         sales: o.sales(),
         paid_at: o.paid_at,
