@@ -484,7 +484,7 @@ fn level_amount(
     // Without an adjustment the rate is the rule's own, whose text is already rendered.
     let text = |rate: &Exact, i: usize| match (&add, rule.rate_texts.get(i)) {
         (None, Some(t)) => t.clone(),
-        _ => rate.to_compact_text(),
+        _ => rate.to_text(),
     };
     let (amount, rate) = match &rule.schedule {
         Schedule::Rates(r) => {
@@ -501,7 +501,7 @@ fn level_amount(
         Schedule::Ladder(l) if k == 1 => {
             let (_, eff) = ladder_amount(l, cur, prior_volume(l.metric, ctx), order.sales());
             let rate = plus(&eff);
-            (rate.mul(base_x), rate.to_compact_text())
+            (rate.mul(base_x), rate.to_text())
         }
         Schedule::Ladder(l) => {
             let rate = plus(&l.levels[k as usize - 2]);
@@ -567,7 +567,7 @@ fn commission_pieces(
                 (rate1.clone(), ids1.clone())
             };
             let mut e = expl(1, rate, ids);
-            e.weight = w.weight.to_compact_text();
+            e.weight = w.weight.to_text();
             pieces.push(Piece {
                 promoter: Text::from(w.node.id.as_str()),
                 exact: amount1.mul(&w.weight),
@@ -644,7 +644,7 @@ fn split_line(
         let amount = round(&exact, rs.rounding)?;
         let mut e = Explanation::of(ShareKind::Partner, take);
         e.rate = p.share.text.clone();
-        e.exact = exact.to_compact_text();
+        e.exact = exact.to_text();
         partner_amounts.push((Text::from(p.id.as_str()), amount, e));
     }
     let partner_sum: i64 = partner_amounts.iter().map(|p| p.1).sum();
@@ -675,7 +675,7 @@ fn split_line(
         }
     }
     for p in &mut pieces {
-        p.expl.exact = p.exact.to_compact_text();
+        p.expl.exact = p.exact.to_text();
         p.rounded = round(&p.exact, rs.rounding)?.max(0);
     }
     // Stage 9: guard.
@@ -701,7 +701,7 @@ fn split_line(
     ));
     let mut pe = Explanation::of(ShareKind::PlatformTake, d);
     pe.rate = p_rate.text;
-    pe.exact = take_exact.to_compact_text();
+    pe.exact = take_exact.to_text();
     pe.detail = take_detail;
     if partner_sum > 0 {
         // "<detail>; keeps N after partners", or without the "; " when there is no detail.
@@ -721,7 +721,7 @@ fn split_line(
     }
     let mut fe = Explanation::of(ShareKind::ChannelFee, d);
     fe.rate = fee_rate.text.clone();
-    fe.exact = fee_exact.to_compact_text();
+    fe.exact = fee_exact.to_text();
     shares.push(share(
         Account::Channel(Text::from(order.channel_id())),
         fee,
@@ -763,7 +763,7 @@ fn split_shipping(rs: &RuleSet, order: &Order) -> Result<LineSplit, EngineError>
     let fee = round(&fee_exact, rs.rounding)?.min(s);
     let mut fe = Explanation::of(ShareKind::ChannelFee, s);
     fe.rate = fee_rate.text.clone();
-    fe.exact = fee_exact.to_compact_text();
+    fe.exact = fee_exact.to_text();
     let mut me = Explanation::of(ShareKind::MerchantResidual, s);
     me.detail = Text::const_new("shipping carries no platform take and no commission");
     let mut shares = vec![share(
@@ -910,7 +910,7 @@ pub fn compute_with(
         .iter()
         .map(|w| WeightEntry {
             promoter: Text::from(w.node.id.as_str()),
-            weight: w.weight.to_compact_text(),
+            weight: w.weight.to_text(),
             primary: primary_id.as_deref() == Some(w.node.id.as_str()),
         })
         .collect();

@@ -328,20 +328,9 @@ impl Exact {
         }
     }
 
-    /// The `Display` text, allocated once at its exact length.
-    pub fn to_text(&self) -> String {
-        match self {
-            Exact::Small(r) => match narrow(r) {
-                Some((n, d)) => render_narrow(n, d).as_str().to_owned(),
-                None => self.to_string(),
-            },
-            Exact::Big(_) => self.to_string(),
-        }
-    }
-
-    /// [`Exact::to_text`] as a result [`Text`]: built in place, without an allocation when
-    /// it fits inline (24 bytes, every rate and amount of an ordinary split).
-    pub fn to_compact_text(&self) -> Text {
+    /// The `Display` text as a result [`Text`]: built in place, without an allocation
+    /// when it fits inline (24 bytes, every rate and amount of an ordinary split).
+    pub fn to_text(&self) -> Text {
         match self {
             Exact::Small(r) => match narrow(r) {
                 Some((n, d)) => Text::from(render_narrow(n, d).as_str()),

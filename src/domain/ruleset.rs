@@ -557,7 +557,7 @@ pub struct Rate {
 impl Rate {
     /// A rate and its text.
     pub fn new(value: Exact) -> Rate {
-        let text = value.to_compact_text();
+        let text = value.to_text();
         Rate { value, text }
     }
 }
@@ -1119,8 +1119,8 @@ impl Validator {
                 );
             }
             let rate_texts = match &schedule {
-                Schedule::Rates(r) => r.iter().map(Exact::to_compact_text).collect(),
-                Schedule::Ladder(l) => l.levels.iter().map(Exact::to_compact_text).collect(),
+                Schedule::Rates(r) => r.iter().map(Exact::to_text).collect(),
+                Schedule::Ladder(l) => l.levels.iter().map(Exact::to_text).collect(),
                 Schedule::Fixed(_) => Vec::new(),
             };
             rules.push(Rule {
