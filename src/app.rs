@@ -244,13 +244,13 @@ impl App {
         for r in &order.referrals {
             if seen.insert(r.promoter.as_str()) {
                 if let Some(p) = self.cache.promoter(&r.promoter).await? {
-                    snap.insert((*p).clone());
+                    snap.insert_shared(p);
                 }
             }
         }
         if let Some(b) = self.cache.binding(&order.buyer).await? {
             if let Some(p) = self.cache.promoter(&b).await? {
-                snap.insert((*p).clone());
+                snap.insert_shared(p);
             }
             snap.bound = Some(b);
         }
@@ -285,7 +285,7 @@ impl App {
                 found += 1;
             }
             parent = node.parent.clone();
-            snap.insert((*node).clone());
+            snap.insert_shared(node);
         }
         Ok(())
     }

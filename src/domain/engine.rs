@@ -6,6 +6,8 @@
 //! each share is rounded, and the result is checked against the money invariants before
 //! it is returned.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Datelike, Duration, Utc};
 
 use super::exact::{Exact, Rounding};
@@ -13,12 +15,12 @@ use super::money::Currency;
 use super::network::{self, NetworkSnapshot, PromoterNode, MAX_UPLINE_WALK};
 use super::order::{Funder, Line, Order};
 use super::ruleset::{
-    Adjustment, AttributionModel, Base, Conditions, CouponInBase, Ladder, LadderMode, Metric, Rate,
-    Rule, RuleSet, Schedule,
+    Adjustment, AttributionModel, Base, Conditions, CouponInBase, IdSet, Ladder, LadderMode,
+    Metric, Rate, Rule, RuleSet, Schedule,
 };
 use super::split::{
-    same_id, Account, AccountAmount, ChainMember, Explanation, InvariantViolation, LineSplit,
-    Share, ShareKind, SplitResult, Text, WeightEntry,
+    same_id, sort_by_account, Account, AccountAmount, ChainMember, Explanation, InvariantViolation,
+    LineSplit, Share, ShareKind, SplitResult, Text, WeightEntry,
 };
 
 /// What the store knows at commit time that changes money: read in the same transaction
@@ -55,22 +57,18 @@ pub fn month_key(at: DateTime<Utc>, rs: &RuleSet) -> Text {
         return compact_str::format_compact!("{year:04}-{month:02}");
     }
     // The same text as the format above, without the formatting machinery.
-    let mut out = Text::with_capacity(7);
     let y = year as u32;
-    for d in [
-        y / 1000,
-        y / 100 % 10,
-        y / 10 % 10,
-        y % 10,
-        month / 10,
-        month % 10,
-    ] {
-        if out.len() == 4 {
-            out.push('-');
-        }
-        out.push(char::from(b'0' + d as u8));
-    }
-    out
+    let digit = |d: u32| b'0' + d as u8;
+    let text = [
+        digit(y / 1000),
+        digit(y / 100 % 10),
+        digit(y / 10 % 10),
+        digit(y % 10),
+        b'-',
+        digit(month / 10),
+        digit(month % 10),
+    ];
+    Text::from(std::str::from_utf8(&text).expect("ASCII digits"))
 }
 
 /// Appends the decimal digits of `v` (what `{v}` prints).
@@ -97,8 +95,8 @@ fn push_int(out: &mut impl std::fmt::Write, v: i64) {
 /// A weighted level-1 promoter.
 #[derive(Debug, Clone)]
 pub struct Weighted {
-    /// The promoter.
-    pub node: PromoterNode,
+    /// The promoter (shared with the snapshot).
+    pub node: Arc<PromoterNode>,
     /// Its exact weight (weights sum to 1).
     pub weight: Exact,
 }
@@ -109,7 +107,7 @@ pub struct Attributed {
     /// Level-1 promoters and weights, first appearance order.
     pub weights: Vec<Weighted>,
     /// Level 1 of the chain.
-    pub primary: Option<PromoterNode>,
+    pub primary: Option<Arc<PromoterNode>>,
     /// What was ignored and why.
     pub notes: Vec<String>,
 }
@@ -119,7 +117,7 @@ pub struct Attributed {
 pub fn attribute(order: &Order, rs: &RuleSet, snap: &NetworkSnapshot) -> Attributed {
     let mut notes = Vec::new();
     let window_start = order.paid_at - Duration::days(i64::from(rs.attribution.window_days));
-    let mut eligible: Vec<(&PromoterNode, DateTime<Utc>)> = Vec::new();
+    let mut eligible: Vec<(&Arc<PromoterNode>, DateTime<Utc>)> = Vec::new();
     for r in &order.referrals {
         if r.at < window_start || r.at > order.paid_at {
             notes.push(format!(
@@ -236,8 +234,8 @@ pub fn attribute(order: &Order, rs: &RuleSet, snap: &NetworkSnapshot) -> Attribu
 /// A level of the chain above level 1.
 #[derive(Debug, Clone)]
 pub struct Level {
-    /// The ancestor at this level.
-    pub node: PromoterNode,
+    /// The ancestor at this level (shared with the snapshot).
+    pub node: Arc<PromoterNode>,
     /// It took the level of a skipped non-active ancestor.
     pub compressed: bool,
 }
@@ -282,31 +280,26 @@ struct Facts<'a> {
     first_order: bool,
     /// The order's sales in major units.
     sales_major: Exact,
+    /// [`rules_fitting_order`].
+    rules_fitting: u64,
 }
 
-/// Set membership. Most condition lists hold one or two ids: comparing with the first
-/// and last is cheaper than the tree search (unequal lengths need no byte compare).
-fn contains(s: &std::collections::BTreeSet<String>, v: &str) -> bool {
-    match s.len() {
-        0 => false,
-        1 => s.first().is_some_and(|x| x == v),
-        2 => s.first().is_some_and(|x| x == v) || s.last().is_some_and(|x| x == v),
-        _ => s.contains(v),
-    }
+fn in_set(set: &Option<IdSet>, v: &str) -> bool {
+    set.as_ref().is_none_or(|s| s.contains(v))
 }
 
-fn in_set(set: &Option<std::collections::BTreeSet<String>>, v: &str) -> bool {
-    set.as_ref().is_none_or(|s| contains(s, v))
+/// The conditions on the line.
+fn matches_line(c: &Conditions, line: &Line) -> bool {
+    in_set(&c.category, &line.category) && in_set(&c.sku, &line.sku)
 }
 
-fn matches(c: &Conditions, f: &Facts, line: &Line) -> bool {
-    in_set(&c.category, &line.category)
-        && in_set(&c.sku, &line.sku)
-        && in_set(&c.merchant, &f.order.merchant)
+/// The conditions on the order: the same for every line.
+fn matches_order(c: &Conditions, f: &Facts) -> bool {
+    in_set(&c.merchant, &f.order.merchant)
         && in_set(&c.channel, f.order.channel_id())
         && c.tags
             .as_ref()
-            .is_none_or(|t| f.order.tags.iter().any(|x| contains(t, x)))
+            .is_none_or(|t| f.order.tags.iter().any(|x| t.contains(x)))
         && c.promoter_grade
             .as_ref()
             .is_none_or(|g| f.grade.is_some_and(|x| g.contains(x)))
@@ -316,12 +309,34 @@ fn matches(c: &Conditions, f: &Facts, line: &Line) -> bool {
             .is_none_or(|r| r.contains(&f.sales_major))
 }
 
+fn matches(c: &Conditions, f: &Facts, line: &Line) -> bool {
+    matches_line(c, line) && matches_order(c, f)
+}
+
+/// A rule can apply to this order at all: its currency and its order conditions.
+fn rule_fits_order(rs: &RuleSet, r: &Rule, f: &Facts) -> bool {
+    let currency_ok =
+        !(r.schedule.reads_amounts() && rs.currency.is_some_and(|c| c != f.order.currency));
+    currency_ok && matches_order(&r.when, f)
+}
+
+/// Bit i: rule i fits the order ([`rule_fits_order`]), for the first 64 rules; evaluated
+/// once per order instead of once per line.
+fn rules_fitting_order(rs: &RuleSet, f: &Facts) -> u64 {
+    rs.rules.iter().take(64).enumerate().fold(0, |m, (i, r)| {
+        m | (u64::from(rule_fits_order(rs, r, f)) << i)
+    })
+}
+
 /// Stage 7a: the matching rule with the highest priority (rules are sorted).
 fn select_rule<'r>(rs: &'r RuleSet, f: &Facts, line: &Line) -> Option<&'r Rule> {
-    rs.rules.iter().find(|r| {
-        let currency_ok =
-            !(r.schedule.reads_amounts() && rs.currency.is_some_and(|c| c != f.order.currency));
-        currency_ok && matches(&r.when, f, line)
+    rs.rules.iter().enumerate().find_map(|(i, r)| {
+        let fits = if i < 64 {
+            f.rules_fitting & (1 << i) != 0
+        } else {
+            rule_fits_order(rs, r, f)
+        };
+        (fits && matches_line(&r.when, line)).then_some(r)
     })
 }
 
@@ -603,7 +618,7 @@ fn share(account: Account, amount: i64, e: Explanation) -> Share {
     Share {
         account,
         amount,
-        explanations: vec![e],
+        explanations: smallvec::smallvec![e],
     }
 }
 
@@ -740,7 +755,7 @@ fn split_line(
             None => shares.push(Share {
                 account: Account::Promoter(p.promoter),
                 amount: p.rounded,
-                explanations: vec![p.expl],
+                explanations: smallvec::smallvec![p.expl],
             }),
         }
     }
@@ -824,13 +839,15 @@ pub fn compute_with(
     let ctx = &inputs.context;
     let cur = order.currency;
     let sales = order.sales();
-    let facts = Facts {
+    let mut facts = Facts {
         order,
         grade: att.primary.as_ref().and_then(|p| p.grade.as_deref()),
         first_order: ctx.first_order,
         sales_major: Exact::ratio(i128::from(sales), i128::from(cur.minor_per_major()))
             .expect("10^e > 0"),
+        rules_fitting: 0,
     };
+    facts.rules_fitting = rules_fitting_order(rs, &facts);
     let mut notes = att.notes.clone();
     let mut lines = Vec::with_capacity(order.lines.len() + 1);
     for (i, line) in order.lines.iter().enumerate() {
@@ -843,7 +860,7 @@ pub fn compute_with(
     }
     // Promoters' lowest level in the order fixes their place in the account order. The
     // ids are copied (inline, no allocation): the shares they come from are sorted next.
-    let mut level_of: Vec<(Text, u32)> = Vec::new();
+    let mut level_of: Vec<(Text, u32)> = Vec::with_capacity(chain.len() + att.weights.len());
     for l in &lines {
         for s in &l.shares {
             if let Account::Promoter(id) = &s.account {
@@ -869,8 +886,7 @@ pub fn compute_with(
     let mut totals: Vec<AccountAmount> =
         Vec::with_capacity(lines.first().map_or(0, |l| l.shares.len()) + 1);
     for l in &mut lines {
-        l.shares
-            .sort_by(|a, b| a.account.order_cmp(&b.account, &lvl));
+        sort_by_account(&mut l.shares, |s| &s.account, &lvl);
         for s in &l.shares {
             match totals.iter_mut().find(|t| t.account.same(&s.account)) {
                 Some(t) => {
@@ -886,7 +902,7 @@ pub fn compute_with(
             }
         }
     }
-    totals.sort_by(|a, b| a.account.order_cmp(&b.account, &lvl));
+    sort_by_account(&mut totals, |t| &t.account, &lvl);
     let mut chain_out = Vec::with_capacity(chain.len() + 1);
     if let Some(p) = &att.primary {
         chain_out.push(ChainMember {
@@ -943,6 +959,94 @@ pub fn compute_with(
 mod tests {
     use super::*;
     use crate::domain::ruleset;
+
+    use crate::domain::network::{PromoterNode, Status};
+    use crate::domain::order::{RawAmount, RawLine, RawOrder};
+
+    /// A 2-line order (categories "a" and "b") by merchant M1, tagged "t", bound to P1.
+    fn order_and_network() -> (Order, NetworkSnapshot) {
+        let line = |id: &str, category: &str| RawLine {
+            id: id.into(),
+            sku: format!("S-{id}"),
+            category: category.into(),
+            quantity: 1,
+            unit_price: RawAmount::Minor(10_000),
+            ..Default::default()
+        };
+        let raw = RawOrder {
+            id: "O1".into(),
+            merchant: "M1".into(),
+            buyer: "B1".into(),
+            paid_at: Some(chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 2, 0, 0, 0).unwrap()),
+            currency: "CNY".into(),
+            channel: "alipay".into(),
+            tags: vec!["t".into()],
+            referrals: vec![],
+            shipping: RawAmount::Absent,
+            lines: vec![line("L1", "a"), line("L2", "b")],
+        };
+        let mut snap = NetworkSnapshot::default();
+        snap.insert(PromoterNode {
+            id: "P1".into(),
+            parent: None,
+            grade: None,
+            status: Status::Active,
+        });
+        snap.bound = Some("P1".into());
+        (Order::parse(&raw, "order").unwrap(), snap)
+    }
+
+    fn rule_ids(rs: &RuleSet) -> Vec<String> {
+        let (order, snap) = order_and_network();
+        let inputs = Inputs {
+            network: &snap,
+            context: Context::default(),
+            ruleset_version: 1,
+            fingerprint: String::new(),
+            now: Utc::now(),
+        };
+        let r = compute(&order, rs, &inputs).unwrap();
+        r.lines
+            .iter()
+            .map(|l| {
+                l.shares
+                    .iter()
+                    .flat_map(|s| &s.explanations)
+                    .find(|e| e.level == 1)
+                    .map_or(String::new(), |e| e.rule_id.to_string())
+            })
+            .collect()
+    }
+
+    /// Order-wide conditions are evaluated once per order for the first 64 rules and per
+    /// line after them: both must choose the same rules as evaluating everything per line.
+    #[test]
+    fn rule_selection_is_the_same_before_and_after_the_64th_rule() {
+        for filler in [0, 70] {
+            let mut doc = String::from("max_levels: 1\nrules:\n");
+            // Rules that fail on the order (merchant, tags, channel) or on the line.
+            for i in 0..filler {
+                let when = match i % 4 {
+                    0 => "{merchant: [M2]}",
+                    1 => "{tags: [x, y]}",
+                    2 => "{channel: [wechat], category: [a, b]}",
+                    _ => "{category: [c]}",
+                };
+                doc.push_str(&format!(
+                    "  - {{id: f{i}, priority: {}, when: {when}, levels: [\"0.2\"]}}\n",
+                    1000 - i
+                ));
+            }
+            // The order fits, the line does not: category a only.
+            doc.push_str("  - {id: only-a, priority: 10, when: {merchant: [M1], tags: [t], category: [a]}, levels: [\"0.1\"]}\n");
+            doc.push_str(
+                "  - {id: rest, priority: 0, when: {channel: [alipay]}, levels: [\"0.05\"]}\n",
+            );
+            let rs = ruleset::compile(&doc).ruleset.unwrap();
+            assert_eq!(rs.rules.len(), filler + 2);
+            assert_eq!(rule_ids(&rs), ["only-a", "rest"], "{filler} filler rules");
+        }
+    }
 
     #[test]
     fn month_keys_and_integers_print_like_format() {

@@ -333,6 +333,9 @@ impl Exact {
     pub fn to_text(&self) -> Text {
         match self {
             Exact::Small(r) => match narrow(r) {
+                // Weights of a single promoter, and empty amounts.
+                Some((1, 1)) => Text::const_new("1"),
+                Some((0, _)) => Text::const_new("0"),
                 Some((n, d)) => Text::from(render_narrow(n, d).as_str()),
                 None => compact_str::ToCompactString::to_compact_string(self),
             },

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +76,9 @@ impl PromoterNode {
 /// promoter, and the upline of the primary promoter. Absent ids are unknown promoters.
 #[derive(Debug, Clone, Default)]
 pub struct NetworkSnapshot {
-    nodes: HashMap<String, PromoterNode>,
+    /// Shared with the cache and with the attribution and chain that read them: a
+    /// computation copies no node.
+    nodes: HashMap<String, Arc<PromoterNode>, foldhash::fast::RandomState>,
     /// The promoter the buyer is bound to, if any.
     pub bound: Option<String>,
 }
@@ -83,11 +86,16 @@ pub struct NetworkSnapshot {
 impl NetworkSnapshot {
     /// Adds a node.
     pub fn insert(&mut self, node: PromoterNode) {
+        self.insert_shared(Arc::new(node));
+    }
+
+    /// Adds a node the cache already holds, without copying it.
+    pub fn insert_shared(&mut self, node: Arc<PromoterNode>) {
         self.nodes.insert(node.id.clone(), node);
     }
 
     /// Looks a promoter up.
-    pub fn get(&self, id: &str) -> Option<&PromoterNode> {
+    pub fn get(&self, id: &str) -> Option<&Arc<PromoterNode>> {
         self.nodes.get(id)
     }
 
@@ -101,11 +109,11 @@ impl NetworkSnapshot {
 /// Stops at a root, an unknown parent, or a repeated id (a cycle cannot be stored, but a
 /// walk never trusts that).
 pub fn upline<'a>(
-    start: &'a PromoterNode,
+    start: &PromoterNode,
     limit: usize,
-    mut lookup: impl FnMut(&str) -> Option<&'a PromoterNode>,
-) -> Vec<&'a PromoterNode> {
-    let mut out: Vec<&PromoterNode> = Vec::new();
+    mut lookup: impl FnMut(&str) -> Option<&'a Arc<PromoterNode>>,
+) -> Vec<&'a Arc<PromoterNode>> {
+    let mut out: Vec<&Arc<PromoterNode>> = Vec::with_capacity(limit.min(16));
     let mut cur = start;
     while out.len() < limit {
         let Some(pid) = cur.parent.as_deref() else {
@@ -116,7 +124,7 @@ pub fn upline<'a>(
         }
         let Some(p) = lookup(pid) else { break };
         out.push(p);
-        cur = p;
+        cur = &**p;
     }
     out
 }

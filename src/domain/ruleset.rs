@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::exact::{Exact, Rounding};
 use super::money::{self, Currency};
-use super::split::Text;
+use super::split::{same_id, Text};
 
 /// Largest rule-set document accepted, in bytes.
 pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
@@ -448,21 +448,71 @@ impl AmountRange {
     }
 }
 
+/// The ids a condition lists: sorted, without duplicates. A flat slice rather than a
+/// tree: lists hold one to a few ids, and comparing lengths first (then the last byte)
+/// skips most byte compares. Long lists are searched by bisection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdSet(Box<[String]>);
+
+impl IdSet {
+    /// Lists up to this long are scanned; longer ones bisected.
+    const SCAN: usize = 8;
+
+    /// True when `v` is listed.
+    #[inline]
+    pub fn contains(&self, v: &str) -> bool {
+        if self.0.len() <= Self::SCAN {
+            self.0.iter().any(|x| same_id(x, v))
+        } else {
+            self.0.binary_search_by(|x| x.as_str().cmp(v)).is_ok()
+        }
+    }
+
+    /// The ids, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
+
+    /// How many ids.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when no id is listed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// True when every id of `self` is in `other`.
+    pub fn is_subset(&self, other: &IdSet) -> bool {
+        self.0.iter().all(|x| other.contains(x))
+    }
+}
+
+impl FromIterator<String> for IdSet {
+    fn from_iter<I: IntoIterator<Item = String>>(iter: I) -> Self {
+        let mut ids: Vec<String> = iter.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        IdSet(ids.into_boxed_slice())
+    }
+}
+
 /// Conditions of a rule or adjustment; every listed one must hold, lists mean "any of".
 #[derive(Debug, Clone, Default)]
 pub struct Conditions {
     /// Line category in.
-    pub category: Option<BTreeSet<String>>,
+    pub category: Option<IdSet>,
     /// Line SKU in.
-    pub sku: Option<BTreeSet<String>>,
+    pub sku: Option<IdSet>,
     /// Merchant in.
-    pub merchant: Option<BTreeSet<String>>,
+    pub merchant: Option<IdSet>,
     /// Channel in (the default channel is "default").
-    pub channel: Option<BTreeSet<String>>,
+    pub channel: Option<IdSet>,
     /// Any order tag in.
-    pub tags: Option<BTreeSet<String>>,
+    pub tags: Option<IdSet>,
     /// Primary promoter's grade in.
-    pub promoter_grade: Option<BTreeSet<String>>,
+    pub promoter_grade: Option<IdSet>,
     /// Buyer's first order (or not).
     pub first_order: Option<bool>,
     /// Order sales (major units) in range.
@@ -483,7 +533,7 @@ impl Conditions {
 
     /// True when every order matching `other` also matches `self`.
     fn implied_by(&self, other: &Conditions) -> bool {
-        fn set(a: &Option<BTreeSet<String>>, b: &Option<BTreeSet<String>>) -> bool {
+        fn set(a: &Option<IdSet>, b: &Option<IdSet>) -> bool {
             match (a, b) {
                 (None, _) => true,
                 (Some(_), None) => false,
@@ -803,7 +853,7 @@ impl Validator {
         Exact::from_decimal(d.0)
     }
 
-    fn ids(&mut self, path: &str, list: &Option<Vec<String>>) -> Option<BTreeSet<String>> {
+    fn ids(&mut self, path: &str, list: &Option<Vec<String>>) -> Option<IdSet> {
         let list = list.as_ref()?;
         if list.is_empty() {
             self.error(
@@ -1287,6 +1337,26 @@ impl Validator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_sets_scan_short_lists_and_bisect_long_ones() {
+        let short: IdSet = ["b", "a", "b", "ccc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            short.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["a", "b", "ccc"]
+        );
+        assert!(short.contains("a") && short.contains("ccc") && !short.contains("cc"));
+        assert!(!short.contains("") && !short.contains("d"));
+        let long: IdSet = (0..100).map(|i| format!("id-{i}")).collect();
+        assert_eq!(long.len(), 100);
+        assert!((0..100).all(|i| long.contains(&format!("id-{i}"))));
+        assert!(!long.contains("id-100") && !long.contains("id-") && !long.contains("a"));
+        let sub: IdSet = ["id-3", "id-77"].iter().map(|s| s.to_string()).collect();
+        assert!(sub.is_subset(&long) && !long.is_subset(&sub) && !short.is_subset(&long));
+    }
 
     fn errors(doc: &str) -> Vec<String> {
         compile(doc)

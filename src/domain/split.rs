@@ -77,6 +77,21 @@ impl Account {
     }
 }
 
+/// Sorts `items` into the fixed account order ([`Account::order_cmp`]). They usually
+/// arrive in that order already: one pass of comparisons confirms it (n − 1, as many as
+/// an insertion sort of sorted items makes, without its moves), and only when it fails
+/// does the sort run.
+pub(crate) fn sort_by_account<T>(
+    items: &mut [T],
+    account: impl Fn(&T) -> &Account,
+    promoter_level: &impl Fn(&str) -> u32,
+) {
+    let cmp = |a: &T, b: &T| account(a).order_cmp(account(b), promoter_level);
+    if !items.is_sorted_by(|a, b| cmp(a, b) != Ordering::Greater) {
+        items.sort_by(cmp);
+    }
+}
+
 impl fmt::Display for Account {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -209,6 +224,9 @@ impl Explanation {
     }
 }
 
+/// The explanations of a share: nearly always one, kept inline.
+pub type Explanations = smallvec::SmallVec<[Explanation; 1]>;
+
 /// One account's share of one line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Share {
@@ -216,8 +234,8 @@ pub struct Share {
     pub account: Account,
     /// Minor units, ≥ 0.
     pub amount: i64,
-    /// One per piece.
-    pub explanations: Vec<Explanation>,
+    /// One per piece; the first is inline.
+    pub explanations: Explanations,
 }
 
 /// The split of one line.
@@ -414,7 +432,7 @@ mod tests {
         let share = |account: Account, amount: i64| Share {
             account,
             amount,
-            explanations: vec![],
+            explanations: Explanations::new(),
         };
         let line = |id: &str, shares: Vec<Share>| LineSplit {
             line_id: id.into(),

@@ -65,7 +65,7 @@ const BLOCK_ON_BENCH: &str = "tokio_block_on_empty";
 const INPUT_COLUMNS: [&str; 5] = ["category", "sku", "merchant", "channel", "tags"];
 
 /// A unary test true when the field equals any of `values`: `"a", "b"`.
-fn any_of(values: &std::collections::BTreeSet<String>) -> String {
+fn any_of(values: &prorata::domain::ruleset::IdSet) -> String {
     values
         .iter()
         .map(|v| Value::String(v.clone()).to_string())
