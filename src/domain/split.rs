@@ -79,16 +79,40 @@ impl Account {
 
 /// Sorts `items` into the fixed account order ([`Account::order_cmp`]). They usually
 /// arrive in that order already: one pass of comparisons confirms it (n − 1, as many as
-/// an insertion sort of sorted items makes, without its moves), and only when it fails
-/// does the sort run.
+/// an insertion sort of sorted items makes, without its moves, and one level look-up per
+/// promoter, not two), and only when it fails does the sort run.
 pub(crate) fn sort_by_account<T>(
     items: &mut [T],
     account: impl Fn(&T) -> &Account,
     promoter_level: &impl Fn(&str) -> u32,
 ) {
-    let cmp = |a: &T, b: &T| account(a).order_cmp(account(b), promoter_level);
-    if !items.is_sorted_by(|a, b| cmp(a, b) != Ordering::Greater) {
-        items.sort_by(cmp);
+    // The previous account and, when it is a promoter whose level was looked up, its level.
+    let mut prev: Option<(&Account, Option<u32>)> = None;
+    let mut sorted = true;
+    for item in items.iter() {
+        let a = account(item);
+        let mut level = None;
+        if let Some((p, p_level)) = prev {
+            let order = p.rank().cmp(&a.rank()).then_with(|| match (p, a) {
+                (Account::Promoter(x), Account::Promoter(y)) => {
+                    let (lx, ly) = (
+                        p_level.unwrap_or_else(|| promoter_level(x)),
+                        promoter_level(y),
+                    );
+                    level = Some(ly);
+                    lx.cmp(&ly).then_with(|| x.cmp(y))
+                }
+                _ => p.id().cmp(a.id()),
+            });
+            if order == Ordering::Greater {
+                sorted = false;
+                break;
+            }
+        }
+        prev = Some((a, level));
+    }
+    if !sorted {
+        items.sort_by(|a, b| account(a).order_cmp(account(b), promoter_level));
     }
 }
 
@@ -505,6 +529,39 @@ mod tests {
         r.lines[1].shares[0].amount += 1;
         r.lines[1].shares[1].amount -= 2;
         assert!(r.check().is_err());
+    }
+
+    /// The one-pass check accepts exactly the sorted lists, and what it sorts comes out
+    /// as `order_cmp` orders it: kinds, promoters by order-wide level then id.
+    #[test]
+    fn sort_by_account_orders_like_order_cmp() {
+        let levels = [("p-a", 2), ("p-b", 1), ("p-c", 1), ("p-d", 3)];
+        let lvl = |id: &str| levels.iter().find(|l| l.0 == id).map_or(u32::MAX, |l| l.1);
+        let promoter = |id: &str| Account::Promoter(id.into());
+        let sorted = vec![
+            Account::Merchant("m".into()),
+            Account::Platform,
+            Account::Partner("x".into()),
+            Account::Partner("y".into()),
+            Account::Channel("alipay".into()),
+            promoter("p-b"),
+            promoter("p-c"),
+            promoter("p-a"),
+            promoter("p-d"),
+        ];
+        let mut same = sorted.clone();
+        sort_by_account(&mut same, |a| a, &lvl);
+        assert_eq!(same, sorted);
+        // Every transposition of neighbours, and the reverse, sorts back.
+        for i in 0..sorted.len() - 1 {
+            let mut v = sorted.clone();
+            v.swap(i, i + 1);
+            sort_by_account(&mut v, |a| a, &lvl);
+            assert_eq!(v, sorted, "swapped {i}");
+        }
+        let mut v: Vec<Account> = sorted.iter().rev().cloned().collect();
+        sort_by_account(&mut v, |a| a, &lvl);
+        assert_eq!(v, sorted);
     }
 
     #[test]
