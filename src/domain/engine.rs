@@ -320,18 +320,25 @@ fn rule_fits_order(rs: &RuleSet, r: &Rule, f: &Facts) -> bool {
     currency_ok && matches_order(&r.when, f)
 }
 
-/// Bit i: rule i fits the order ([`rule_fits_order`]), for the first 64 rules; evaluated
-/// once per order instead of once per line.
+/// How many rules [`rules_fitting_order`] covers: one bit each.
+const RULES_IN_MASK: usize = u64::BITS as usize;
+
+/// Bit i: rule i fits the order ([`rule_fits_order`]), for the first [`RULES_IN_MASK`]
+/// rules; evaluated once per order instead of once per line.
 fn rules_fitting_order(rs: &RuleSet, f: &Facts) -> u64 {
-    rs.rules.iter().take(64).enumerate().fold(0, |m, (i, r)| {
-        m | (u64::from(rule_fits_order(rs, r, f)) << i)
-    })
+    rs.rules
+        .iter()
+        .take(RULES_IN_MASK)
+        .enumerate()
+        .fold(0, |m, (i, r)| {
+            m | (u64::from(rule_fits_order(rs, r, f)) << i)
+        })
 }
 
 /// Stage 7a: the matching rule with the highest priority (rules are sorted).
 fn select_rule<'r>(rs: &'r RuleSet, f: &Facts, line: &Line) -> Option<&'r Rule> {
     rs.rules.iter().enumerate().find_map(|(i, r)| {
-        let fits = if i < 64 {
+        let fits = if i < RULES_IN_MASK {
             f.rules_fitting & (1 << i) != 0
         } else {
             rule_fits_order(rs, r, f)

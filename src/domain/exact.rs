@@ -443,28 +443,6 @@ const POW5: [u128; 29] = {
 const MAX_DECIMAL_MANTISSA: u128 = (1 << 96) - 1;
 
 /// The text of [`fmt_small`] for a narrow value, without `Decimal` or `i128` division.
-/// `m / d` (d > 1) as the decimal `mantissa / 10^k` when d = 2^a·5^b and the mantissa
-/// fits a `Decimal`'s; `None` for the other fractions (shown as `n/d`).
-#[inline]
-fn decimal_of(m: u64, d: u64) -> Option<(u128, u32)> {
-    let twos = d.trailing_zeros();
-    let (mut rest, mut fives) = (d >> twos, 0u32);
-    while rest % 5 == 0 {
-        rest /= 5;
-        fives += 1;
-    }
-    let digits = twos.max(fives);
-    if rest != 1 || digits > 28 {
-        return None;
-    }
-    // 10^k / d = 2^(k−a)·5^(k−b) for d = 2^a·5^b, k = max(a, b); at most 10^28.
-    let scale = (1u128 << (digits - twos)) * POW5[(digits - fives) as usize];
-    u128::from(m)
-        .checked_mul(scale)
-        .filter(|v| *v <= MAX_DECIMAL_MANTISSA)
-        .map(|mantissa| (mantissa, digits))
-}
-
 fn render_narrow(n: i64, d: i64) -> Backwards {
     let mut t = Backwards::new();
     let (neg, m) = (n < 0, n.unsigned_abs());
@@ -476,46 +454,60 @@ fn render_narrow(n: i64, d: i64) -> Backwards {
         return t;
     }
     let du = d as u64;
-    if let Some((mantissa, digits)) = decimal_of(m, du) {
-        // What `Decimal` prints after `normalize`: sign, whole part (0 if none), the
-        // point and the fraction without trailing zeros (a reduced n/d has none, but
-        // the text must not depend on that).
-        let (mut mantissa, mut k) = (mantissa, digits);
-        if let Ok(small) = u64::try_from(mantissa) {
-            let mut small = small;
-            while k > 0 && small % 10 == 0 {
-                small /= 10;
-                k -= 1;
-            }
-            mantissa = u128::from(small);
-        } else {
-            while k > 0 && mantissa % 10 == 0 {
-                mantissa /= 10;
-                k -= 1;
-            }
-        }
-        match u64::try_from(mantissa) {
-            Ok(small) if k <= 19 => {
-                let unit = POW10[k as usize];
-                if k > 0 {
-                    t.digits_exact(small % unit, k);
-                    t.byte(b'.');
+    let twos = du.trailing_zeros();
+    let (mut rest, mut fives) = (du >> twos, 0u32);
+    while rest % 5 == 0 {
+        rest /= 5;
+        fives += 1;
+    }
+    let digits = twos.max(fives);
+    if rest == 1 && digits <= 28 {
+        // 10^k / d = 2^(k−a)·5^(k−b) for d = 2^a·5^b, k = max(a, b); at most 10^28.
+        let scale = (1u128 << (digits - twos)) * POW5[(digits - fives) as usize];
+        if let Some(mantissa) = u128::from(m)
+            .checked_mul(scale)
+            .filter(|v| *v <= MAX_DECIMAL_MANTISSA)
+        {
+            // What `Decimal` prints after `normalize`: sign, whole part (0 if none), the
+            // point and the fraction without trailing zeros (a reduced n/d has none, but
+            // the text must not depend on that).
+            let (mut mantissa, mut k) = (mantissa, digits);
+            if let Ok(small) = u64::try_from(mantissa) {
+                let mut small = small;
+                while k > 0 && small % 10 == 0 {
+                    small /= 10;
+                    k -= 1;
                 }
-                t.uint(small / unit);
-            }
-            _ => {
-                let unit = 10u128.pow(k);
-                if k > 0 {
-                    t.digits_exact128(mantissa % unit, k);
-                    t.byte(b'.');
+                mantissa = u128::from(small);
+            } else {
+                while k > 0 && mantissa % 10 == 0 {
+                    mantissa /= 10;
+                    k -= 1;
                 }
-                t.uint128(mantissa / unit);
             }
+            match u64::try_from(mantissa) {
+                Ok(small) if k <= 19 => {
+                    let unit = POW10[k as usize];
+                    if k > 0 {
+                        t.digits_exact(small % unit, k);
+                        t.byte(b'.');
+                    }
+                    t.uint(small / unit);
+                }
+                _ => {
+                    let unit = 10u128.pow(k);
+                    if k > 0 {
+                        t.digits_exact128(mantissa % unit, k);
+                        t.byte(b'.');
+                    }
+                    t.uint128(mantissa / unit);
+                }
+            }
+            if neg {
+                t.byte(b'-');
+            }
+            return t;
         }
-        if neg {
-            t.byte(b'-');
-        }
-        return t;
     }
     t.uint(du);
     t.byte(b'/');

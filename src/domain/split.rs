@@ -65,10 +65,21 @@ impl Account {
     /// The fixed account order (PRODUCT.md §5): merchant, platform, partners by id,
     /// channel, promoters by their lowest level in the order, then id.
     pub fn order_cmp(&self, other: &Account, promoter_level: &impl Fn(&str) -> u32) -> Ordering {
+        self.order_cmp_by(other, promoter_level, promoter_level)
+    }
+
+    /// [`Account::order_cmp`] with the levels of `self` and `other` (when both are
+    /// promoters) from their own functions, so that a caller can reuse a level it has.
+    fn order_cmp_by(
+        &self,
+        other: &Account,
+        level_of_self: impl FnOnce(&str) -> u32,
+        level_of_other: impl FnOnce(&str) -> u32,
+    ) -> Ordering {
         self.rank().cmp(&other.rank()).then_with(|| {
             if let (Account::Promoter(a), Account::Promoter(b)) = (self, other) {
-                promoter_level(a)
-                    .cmp(&promoter_level(b))
+                level_of_self(a)
+                    .cmp(&level_of_other(b))
                     .then_with(|| a.cmp(b))
             } else {
                 self.id().cmp(other.id())
@@ -93,17 +104,11 @@ pub(crate) fn sort_by_account<T>(
         let a = account(item);
         let mut level = None;
         if let Some((p, p_level)) = prev {
-            let order = p.rank().cmp(&a.rank()).then_with(|| match (p, a) {
-                (Account::Promoter(x), Account::Promoter(y)) => {
-                    let (lx, ly) = (
-                        p_level.unwrap_or_else(|| promoter_level(x)),
-                        promoter_level(y),
-                    );
-                    level = Some(ly);
-                    lx.cmp(&ly).then_with(|| x.cmp(y))
-                }
-                _ => p.id().cmp(a.id()),
-            });
+            let order = p.order_cmp_by(
+                a,
+                |x| p_level.unwrap_or_else(|| promoter_level(x)),
+                |y| *level.insert(promoter_level(y)),
+            );
             if order == Ordering::Greater {
                 sorted = false;
                 break;
