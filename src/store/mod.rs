@@ -8,6 +8,7 @@
 mod batch;
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_bulk;
 
 use std::sync::Arc;
 
@@ -401,6 +402,26 @@ pub struct GradeChange {
     pub cause: String,
     /// When.
     pub at: DateTime<Utc>,
+}
+
+impl GradeChange {
+    /// The outbox row of `promoter` reaching `grade`: its event id and JSON body.
+    pub(crate) fn event(
+        promoter: &str,
+        grade: &str,
+        cause: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(String, String)> {
+        let change = GradeChange {
+            promoter: promoter.into(),
+            grade: grade.into(),
+            cause: cause.into(),
+            at,
+        };
+        let body =
+            serde_json::to_string(&change).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok((format!("grade_changed:{promoter}:{grade}"), body))
+    }
 }
 
 /// The body of a payout_confirmed event.

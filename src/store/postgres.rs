@@ -196,23 +196,8 @@ async fn check_grade(
                 .bind(id)
                 .execute(&mut **tx)
                 .await?;
-            let change = GradeChange {
-                promoter: id.into(),
-                grade: g.clone(),
-                cause: cause.into(),
-                at: now,
-            };
-            let body =
-                serde_json::to_string(&change).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            outbox_insert(
-                tx,
-                &format!("grade_changed:{id}:{g}"),
-                "grade_changed",
-                id,
-                &body,
-                now,
-            )
-            .await?;
+            let (event_id, body) = GradeChange::event(id, &g, cause, now)?;
+            outbox_insert(tx, &event_id, "grade_changed", id, &body, now).await?;
             Ok(true)
         }
         None => Ok(false),

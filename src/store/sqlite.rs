@@ -2,7 +2,9 @@
 //!
 //! SQLite has one writer at a time, so writes go through a pool of exactly one
 //! connection: write transactions queue in the pool instead of failing with SQLITE_BUSY,
-//! and a transaction that reads a volume counter is alone until it commits. Reads use a
+//! and a transaction that reads a volume counter is alone until it commits. Group
+//! commit's batches run on a second, synchronous connection (`store::sqlite_bulk`) while
+//! holding that pool's connection, so they queue with every other write the same way. Reads use a
 //! separate pool and never wait for writers (WAL). `synchronous = FULL`: a commit is on
 //! disk before Compute answers.
 
@@ -17,8 +19,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
-use std::collections::{HashMap, HashSet};
-
+use super::sqlite_bulk::BulkWriter;
 use super::*;
 use crate::domain::engine::{self, Context};
 use crate::domain::grades::{self, GradeFacts};
@@ -38,8 +39,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ROWS_PER_INSERT: usize = 500;
 /// Page cache of each connection: the hot pages of every index a Compute writes.
 const PAGE_CACHE_KIB: u32 = 64 * 1024;
-/// How often the background checkpointer copies the WAL into the database file.
-const CHECKPOINT_PERIOD: Duration = Duration::from_millis(100);
+/// How often the background checkpointer copies the WAL into the database file while
+/// the WAL grows: at 3,000 orders/s about 6 orders' pages (some 40 pages each,
+/// RESULTS.md §14).
+const CHECKPOINT_PERIOD_BUSY: Duration = Duration::from_millis(2);
+/// The longest it waits while the WAL does not change.
+const CHECKPOINT_PERIOD_IDLE: Duration = Duration::from_millis(100);
 /// WAL pages (4 KiB) after which the writer checkpoints itself and the WAL restarts:
 /// bounds the WAL to about 16 MiB plus what one period writes.
 const WRITER_CHECKPOINT_PAGES: u32 = 4096;
@@ -50,6 +55,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     writer: SqlitePool,
+    /// Group commit's own connection (`store::sqlite_bulk`); used only while holding
+    /// `writer`'s one connection.
+    bulk: Arc<std::sync::Mutex<BulkWriter>>,
     reader: SqlitePool,
     /// Dropped with the last handle: stops the checkpointer.
     _alive: Arc<()>,
@@ -95,6 +103,7 @@ impl SqliteStore {
             )
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let bulk = BulkWriter::open(path, BUSY_TIMEOUT, PAGE_CACHE_KIB, WRITER_CHECKPOINT_PAGES)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -111,6 +120,7 @@ impl SqliteStore {
         tokio::spawn(checkpoint_loop(checkpointer, Arc::downgrade(&alive)));
         Ok(SqliteStore {
             writer,
+            bulk: Arc::new(std::sync::Mutex::new(bulk)),
             reader,
             _alive: alive,
         })
@@ -123,22 +133,48 @@ impl SqliteStore {
     }
 }
 
-/// Copies committed pages from the WAL into the database file every
-/// [`CHECKPOINT_PERIOD`] (PASSIVE: never waits for, nor blocks, readers or the writer),
-/// until the store is dropped.
+/// Runs blocking SQLite work on this thread without stalling the runtime: other tasks
+/// move to another worker (`block_in_place`). On a current-thread runtime (tests) it
+/// just runs.
+fn run_blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Copies committed pages from the WAL into the database file (PASSIVE: never waits for,
+/// nor blocks, readers or the writer) until the store is dropped: every
+/// [`CHECKPOINT_PERIOD_BUSY`] while the WAL moves, backing off to
+/// [`CHECKPOINT_PERIOD_IDLE`] while it does not. Kept that close behind the writer, the
+/// writer's own checkpoint (every [`WRITER_CHECKPOINT_PAGES`]) finds nearly every page
+/// copied and stalls its commit for a few pages instead of for the last period's writes
+/// (RESULTS.md §14).
 async fn checkpoint_loop(pool: SqlitePool, alive: std::sync::Weak<()>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut period = CHECKPOINT_PERIOD_BUSY;
+    let mut last = None;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(period).await;
         if alive.upgrade().is_none() {
             break;
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
+        // (busy, frames in the WAL, frames copied): unchanged means nothing was written.
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&pool)
             .await
         {
-            tracing::warn!(error = %e, "SQLite checkpoint failed");
+            Ok(state) => {
+                period = if last == Some(state) {
+                    (period * 2).min(CHECKPOINT_PERIOD_IDLE)
+                } else {
+                    CHECKPOINT_PERIOD_BUSY
+                };
+                last = Some(state);
+            }
+            Err(e) => {
+                period = CHECKPOINT_PERIOD_IDLE;
+                tracing::warn!(error = %e, "SQLite checkpoint failed");
+            }
         }
     }
     pool.close().await;
@@ -264,23 +300,8 @@ async fn check_grade(
                 .bind(id)
                 .execute(&mut **tx)
                 .await?;
-            let change = GradeChange {
-                promoter: id.into(),
-                grade: g.clone(),
-                cause: cause.into(),
-                at: now,
-            };
-            let body =
-                serde_json::to_string(&change).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            outbox_insert(
-                tx,
-                &format!("grade_changed:{id}:{g}"),
-                "grade_changed",
-                id,
-                &body,
-                now,
-            )
-            .await?;
+            let (event_id, body) = GradeChange::event(id, &g, cause, now)?;
+            outbox_insert(tx, &event_id, "grade_changed", id, &body, now).await?;
             Ok(true)
         }
         None => Ok(false),
@@ -578,102 +599,6 @@ async fn commit_one(
         }
     }
     Ok(CommitOutcome::Stored { result, upgraded })
-}
-
-/// Group commit in bulk (see `store::batch`): a fixed number of statements per batch.
-/// The one writer connection serialises batches, so no lock is taken.
-async fn commit_bulk(
-    tx: &mut Transaction<'_, Sqlite>,
-    batch: &[PendingSplit],
-) -> Result<Vec<Result<CommitOutcome>>> {
-    let mut phase = batch::Phases::start();
-    let ids = batch::order_ids(batch);
-    let mut stored = HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(MAX_ROWS_PER_INSERT) {
-        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
-            "SELECT order_id, fingerprint, result FROM splits WHERE order_id IN (",
-        );
-        let mut list = q.separated(", ");
-        for id in chunk {
-            list.push_bind(id.as_str());
-        }
-        q.push(")");
-        for r in q.build().fetch_all(&mut **tx).await? {
-            let split = StoredSplit {
-                fingerprint: r.try_get("fingerprint")?,
-                result: decode_result(r.try_get("result")?)?,
-            };
-            stored.insert(
-                r.try_get::<String, _>("order_id")?,
-                batch::StoredRow::Split(Box::new(split)),
-            );
-        }
-    }
-    let claims = batch::claims(batch, &stored);
-    let mut counters = HashMap::with_capacity(claims.counters.len());
-    let mut new_buyers = HashSet::new();
-    for chunk in claims.counters.chunks(MAX_ROWS_PER_INSERT) {
-        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
-            "SELECT kind, subject, currency, month, amount FROM volumes WHERE (kind, subject, currency, month) IN (VALUES ",
-        );
-        let mut list = q.separated(", ");
-        for (k, s, c, m) in chunk {
-            list.push("(");
-            list.push_bind_unseparated(*k);
-            list.push_unseparated(", ");
-            list.push_bind_unseparated(s.as_str());
-            list.push_unseparated(", ");
-            list.push_bind_unseparated(c.as_str());
-            list.push_unseparated(", ");
-            list.push_bind_unseparated(m.as_str());
-            list.push_unseparated(")");
-        }
-        q.push(")");
-        for r in q.build().fetch_all(&mut **tx).await? {
-            let kind: String = r.try_get("kind")?;
-            let kind = if kind == "merchant" {
-                "merchant"
-            } else {
-                "promoter"
-            };
-            counters.insert(
-                (
-                    kind,
-                    r.try_get("subject")?,
-                    r.try_get("currency")?,
-                    r.try_get("month")?,
-                ),
-                r.try_get::<i64, _>("amount")?,
-            );
-        }
-    }
-    for chunk in claims.buyers.chunks(MAX_ROWS_PER_INSERT) {
-        let mut q =
-            sqlx::QueryBuilder::<Sqlite>::new("INSERT INTO buyers (buyer, first_order_id) ");
-        q.push_values(chunk, |mut b, (buyer, order)| {
-            b.push_bind(buyer.as_str()).push_bind(order.as_str());
-        });
-        q.push(" ON CONFLICT (buyer) DO NOTHING RETURNING buyer");
-        for r in q.build().fetch_all(&mut **tx).await? {
-            new_buyers.insert(r.try_get::<String, _>("buyer")?);
-        }
-    }
-    phase.done("read");
-    let plan = batch::plan(batch, stored, counters, &new_buyers)?;
-    phase.done("engine");
-    write_new(tx, &plan).await?;
-    let mut upgraded = Vec::with_capacity(plan.new.len());
-    for check in plan.grade_checks(batch) {
-        let mut up = Vec::new();
-        if let Some(g) = check {
-            if check_grade(tx, g.ruleset, g.promoter, g.month, &g.cause, g.at).await? {
-                up.push(g.promoter.to_string());
-            }
-        }
-        upgraded.push(up);
-    }
-    phase.done("write");
-    Ok(plan.outcomes(upgraded))
 }
 
 /// The rows of a batch's new splits: one multi-row statement per table (per
@@ -975,21 +900,24 @@ impl Store for SqliteStore {
     }
 
     async fn commit_splits(&self, batch: &[PendingSplit]) -> Result<Vec<Result<CommitOutcome>>> {
-        let mut tx = self.writer.begin().await?;
-        match commit_bulk(&mut tx, batch).await {
-            Ok(out) => {
-                let phase = batch::Phases::start();
-                tx.commit().await?;
-                phase.finish("commit");
-                return Ok(out);
-            }
+        // The sqlx writer's one connection, held for the whole batch: no other write of
+        // this process runs beside the bulk connection's transaction.
+        let mut conn = self.writer.acquire().await?;
+        let bulk = self.bulk.clone();
+        let attempt = run_blocking(move || {
+            // A panic inside rolled its transaction back (rusqlite's drop): the
+            // connection is usable, so a poisoned lock is taken as is.
+            let mut w = bulk.lock().unwrap_or_else(|p| p.into_inner());
+            w.commit(batch)
+        });
+        match attempt {
+            Ok(out) => return Ok(out),
             Err(e) => {
-                tx.rollback().await?;
                 metrics::counter!("prorata_group_commit_fallback_total").increment(1);
                 tracing::debug!(error = %e, orders = batch.len(), "bulk commit failed: storing the batch one order per savepoint");
             }
         }
-        let mut tx = self.writer.begin().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let mut out = Vec::with_capacity(batch.len());
         for p in batch {
             // Each order in its own savepoint: a refused order rolls back alone.
@@ -1439,7 +1367,7 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
-    /// Durability is a setting: the writer must sync the WAL at every commit.
+    /// Durability is a setting: both writing connections must sync the WAL at every commit.
     #[tokio::test]
     async fn the_writer_syncs_every_commit_in_wal_mode() {
         let dir = std::env::temp_dir().join(format!("prorata-sync-{}", std::process::id()));
@@ -1455,12 +1383,18 @@ mod tests {
             .await
             .unwrap();
         drop(c);
+        let (bulk_sync, bulk_mode) = store.bulk.lock().unwrap().durability();
         store.close().await;
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(
             (sync, mode.as_str()),
             (2, "wal"),
             "synchronous = FULL (2), WAL"
+        );
+        assert_eq!(
+            (bulk_sync, bulk_mode.as_str()),
+            (2, "wal"),
+            "the group-commit connection: synchronous = FULL (2), WAL"
         );
     }
 }

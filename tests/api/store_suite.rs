@@ -718,3 +718,56 @@ async fn a_batch_whose_rules_read_no_history_moves_counters_and_buyers_exactly(b
     app.shutdown().await;
 }
 both_backends!(a_batch_whose_rules_read_no_history_moves_counters_and_buyers_exactly);
+
+/// A batch's sales raise its promoter's grade once, named after the first stored order
+/// of the batch, with one grade_changed event (both bulk paths: SQLite's synchronous
+/// connection and PostgreSQL's CTE statement).
+async fn a_batch_whose_sales_reach_a_grade_upgrades_its_promoter_once(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let s = &app.store;
+    s.upsert_promoter(
+        PromoterUpsert {
+            id: "P".into(),
+            ..Default::default()
+        },
+        None,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let seen: Seen = Default::default();
+    const GRADED: &str =
+        "rules: [{id: all, levels: ['0.10']}]\ngrades: [{id: silver, upgrade: {month_sales: '150'}}]\n";
+    let batch = vec![
+        pending_under(GRADED, &order("G-1", "B1", 10_000), Some("P"), &seen, false),
+        pending_under(GRADED, &order("G-2", "B2", 10_000), Some("P"), &seen, false),
+    ];
+    let out = s.commit_splits(&batch).await.unwrap();
+    let upgraded: Vec<Vec<String>> = out
+        .iter()
+        .map(|o| match o {
+            Ok(CommitOutcome::Stored { upgraded, .. }) => upgraded.clone(),
+            other => panic!("stored: {other:?}"),
+        })
+        .collect();
+    // The counters moved for the whole batch before the checks: 200.00 ≥ 150.
+    assert_eq!(upgraded, [vec!["P".to_string()], vec![]]);
+    let p = s.get_upline("P", 0).await.unwrap().pop().unwrap();
+    assert_eq!(p.grade.as_deref(), Some("silver"));
+    assert_eq!(app.count("outbox WHERE kind = 'grade_changed'").await, 1);
+    let events = s.outbox_unpublished(100).await.unwrap();
+    let change = events.iter().find(|e| e.kind == "grade_changed").unwrap();
+    let body: prorata::store::GradeChange = serde_json::from_str(&change.body).unwrap();
+    assert_eq!(
+        (
+            body.promoter.as_str(),
+            body.grade.as_str(),
+            body.cause.as_str()
+        ),
+        ("P", "silver", "order G-1")
+    );
+    app.shutdown().await;
+}
+both_backends!(a_batch_whose_sales_reach_a_grade_upgrades_its_promoter_once);
