@@ -396,11 +396,7 @@ impl App {
                     };
                     engine::compute_with(&order, &rs, &inputs, &att, &chain)
                 };
-                c.commit(PendingSplit {
-                    plan,
-                    compute: Box::new(compute),
-                })
-                .await?
+                c.commit(PendingSplit::new(plan, Box::new(compute))).await?
             }
             None => {
                 let compute = |ctx: &engine::Context| {

@@ -1055,6 +1055,76 @@ mod tests {
         }
     }
 
+    /// Group commit computes the splits of a rule set that reads no order history before
+    /// the batch, with the default context (`store::PendingSplit::new`): such a split
+    /// must not depend on the context at all. Each rule set that reads history, run the
+    /// same way, shows the check can see a difference.
+    #[test]
+    fn a_rule_set_reading_no_history_splits_the_same_under_any_context() {
+        let (order, snap) = order_and_network();
+        let split = |doc: &str, context: Context| {
+            let rs = ruleset::compile(doc).ruleset.unwrap();
+            let inputs = Inputs {
+                network: &snap,
+                context,
+                ruleset_version: 1,
+                fingerprint: String::new(),
+                now: chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 2, 0, 0, 1).unwrap(),
+            };
+            (
+                rs.reads_order_history(),
+                compute(&order, &rs, &inputs).unwrap(),
+            )
+        };
+        let ladder = |metric: &str| {
+            format!("{{metric: {metric}, mode: flat, tiers: [{{from: '0', rate: '0.05'}}, {{from: '1000', rate: '0.2'}}]}}")
+        };
+        let others = [
+            Context {
+                first_order: true,
+                promoter_month_prior: 0,
+                merchant_month_prior: 0,
+            },
+            Context {
+                first_order: false,
+                promoter_month_prior: 50_000_000,
+                merchant_month_prior: 70_000_000,
+            },
+        ];
+        let plain = [
+            "rules: [{id: a, levels: ['0.1']}]".to_string(),
+            format!("rules: [{{id: a, ladder: {}}}]", ladder("order_amount")),
+            format!(
+                "platform: {{ladder: {}}}\nrules: [{{id: a, levels: ['0.1']}}]",
+                ladder("order_amount")
+            ),
+            "adjustments: [{id: x, when: {category: [a]}, level: 1, add: '0.01'}]\nrules: [{id: a, levels: ['0.1']}]".to_string(),
+        ];
+        for doc in &plain {
+            let (reads, base) = split(doc, Context::default());
+            assert!(!reads, "{doc}");
+            for c in &others {
+                assert_eq!(split(doc, c.clone()).1, base, "{doc} under {c:?}");
+            }
+        }
+        let history = [
+            "rules: [{id: f, priority: 1, when: {first_order: true}, levels: ['0.2']}, {id: a, levels: ['0.1']}]".to_string(),
+            format!("rules: [{{id: a, ladder: {}}}]", ladder("promoter_month_sales")),
+            format!(
+                "platform: {{ladder: {}}}\nrules: [{{id: a, levels: ['0.1']}}]",
+                ladder("merchant_month_sales")
+            ),
+        ];
+        for doc in &history {
+            let (reads, base) = split(doc, Context::default());
+            assert!(reads, "{doc}");
+            assert!(
+                others.iter().any(|c| split(doc, c.clone()).1 != base),
+                "{doc}: no context changed the split"
+            );
+        }
+    }
+
     #[test]
     fn month_keys_and_integers_print_like_format() {
         let rs = ruleset::compile("timezone: Asia/Shanghai\nrules: [{id: r, levels: [\"0.1\"]}]")

@@ -185,7 +185,12 @@ pub(crate) fn plan(
             promoter_month_prior: pk.as_ref().map(read).unwrap_or(0),
         };
         first_seen.insert(p.plan.buyer.as_str());
-        let new = NewSplit::new(p.plan.fingerprint.clone(), (p.compute)(&ctx)?)?;
+        // Computed before the batch when the rule set reads no history (the same result
+        // under any context: `PendingSplit::new`); otherwise now, with what was read.
+        let new = match p.take_ready() {
+            Some(new) => new,
+            None => NewSplit::new(p.plan.fingerprint.clone(), (p.compute)(&ctx)?)?,
+        };
         for k in std::iter::once(mk).chain(pk) {
             let v = counters.entry(k.clone()).or_insert(0);
             *v = v.checked_add(p.plan.sales).ok_or_else(|| {

@@ -253,6 +253,42 @@ pub struct PendingSplit {
     pub plan: SplitPlan,
     /// The engine, with everything it needs but the context.
     pub compute: OwnedComputeFn,
+    /// The result computed and encoded before the batch, when the rule set reads no order
+    /// history (see [`PendingSplit::new`]); taken by the first bulk attempt.
+    ready: std::sync::Mutex<Option<batch::NewSplit>>,
+}
+
+impl PendingSplit {
+    /// A Compute for group commit. When its rule set reads no order history
+    /// ([`RuleSet::reads_order_history`]), no state of the transaction can change its
+    /// result, so the engine runs here, on the caller's task and in parallel with other
+    /// callers, and the result is encoded here too: the batch, which runs one at a time
+    /// on SQLite's one writer, only writes it. Otherwise (or if the engine refuses the
+    /// order here) the batch runs the engine with the state it read, as before. The
+    /// result is the same either way: `engine::tests` checks that a rule set reading no
+    /// history gives the same split under any context.
+    pub fn new(plan: SplitPlan, compute: OwnedComputeFn) -> PendingSplit {
+        let ready = if plan.ruleset.reads_order_history() {
+            None
+        } else {
+            compute(&Context::default())
+                .ok()
+                .and_then(|r| batch::NewSplit::new(plan.fingerprint.clone(), r).ok())
+        };
+        PendingSplit {
+            plan,
+            compute,
+            ready: std::sync::Mutex::new(ready),
+        }
+    }
+
+    /// The result computed before the batch, once.
+    fn take_ready(&self) -> Option<batch::NewSplit> {
+        self.ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
 }
 
 impl std::fmt::Debug for PendingSplit {

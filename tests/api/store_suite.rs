@@ -493,9 +493,9 @@ fn pending_under(
         ruleset: rs.clone(),
     };
     let (o, seen) = (o.clone(), seen.clone());
-    PendingSplit {
+    PendingSplit::new(
         plan,
-        compute: Box::new(move |ctx: &Context| {
+        Box::new(move |ctx: &Context| {
             seen.lock().unwrap().push((o.id.clone(), ctx.clone()));
             if fail {
                 return Err(EngineError::MissingField(
@@ -515,7 +515,7 @@ fn pending_under(
                 },
             )
         }),
-    }
+    )
 }
 
 fn ctx(first_order: bool, promoter: i64, merchant: i64) -> Context {
@@ -667,12 +667,16 @@ async fn a_batch_whose_rules_read_no_history_moves_counters_and_buyers_exactly(b
             result.check().unwrap();
         }
     }
-    if s.backend() == "postgres" {
-        // The deferred path ran (not the per-order fallback, which reads history): the
-        // engine was handed no buyer claim, which these rules do not read.
+    {
+        // These rules read no history: the engine ran once per queued Compute (the
+        // repeated O-1 too), when it was queued, with no state of the store, and the
+        // batch (not the per-order fallback, which would run it again) only wrote it.
         let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 3);
-        assert!(seen.iter().all(|(_, c)| !c.first_order), "{seen:?}");
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert!(
+            seen.iter().all(|(_, c)| *c == Context::default()),
+            "{seen:?}"
+        );
     }
     // An order that reads history sees both counters and both buyers.
     let (_, after) = commit(s, &order("O-4", "B1", 1), Some("P")).await;
@@ -715,6 +719,47 @@ async fn a_batch_whose_rules_read_no_history_moves_counters_and_buyers_exactly(b
         ctx(false, 30_002 + 8 * 16 * 100, 35_002 + 8 * 16 * 100)
     );
     assert_eq!(app.count("buyers").await, 3 + 4);
+
+    // An order the engine refuses when it is queued is tried again in the batch, refused
+    // there, and fails alone; the order beside it is stored from its early result.
+    seen.lock().unwrap().clear();
+    let batch = vec![
+        pending_under(
+            PLAIN_RULES,
+            &order("E-1", "E1", 1_000),
+            Some("P"),
+            &seen,
+            true,
+        ),
+        plain(order("E-2", "E2", 2_000), Some("P")),
+    ];
+    let out = s.commit_splits(&batch).await.unwrap();
+    assert!(
+        matches!(
+            out[0],
+            Err(StoreError::Engine(EngineError::MissingField(..)))
+        ),
+        "{:?}",
+        out[0]
+    );
+    assert!(
+        matches!(out[1], Ok(CommitOutcome::Stored { .. })),
+        "{:?}",
+        out[1]
+    );
+    assert!(s.get_split("E-1").await.unwrap().is_none());
+    assert!(s.get_split("E-2").await.unwrap().is_some());
+    let calls: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(calls.first().map(String::as_str), Some("E-1"), "{calls:?}");
+    assert!(
+        calls.iter().filter(|id| *id == "E-1").count() >= 2,
+        "{calls:?}"
+    );
     app.shutdown().await;
 }
 both_backends!(a_batch_whose_rules_read_no_history_moves_counters_and_buyers_exactly);
