@@ -4,7 +4,8 @@
 # final counters), through Python's sqlite3 on one thread, on a fresh database migrated
 # with migrations/sqlite, WAL and synchronous = FULL as the server runs it. No engine, no
 # gRPC: what SQLite itself stores per second on this disk.
-#   python3 benches/sqlite/ceiling.py DB_PATH BATCH SECONDS   (NO_ENTRIES=1: skip entries)
+#   python3 benches/sqlite/ceiling.py DB_PATH BATCH SECONDS   (NO_ENTRIES=1: skip entries;
+#   PAGE_SIZE=n: another page size; FRAMES=1: then count one batch's WAL frames per table)
 import sqlite3, sys, time, glob, os, random, json
 db = sys.argv[1]; batch = int(sys.argv[2]); secs = float(sys.argv[3])
 skip_entries = os.environ.get("NO_ENTRIES") == "1"
@@ -17,7 +18,7 @@ for m in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)
     c.executescript(open(m).read())
 result = json.dumps({"x": "y" * 3150})
 n = 0; t0 = time.time(); end = t0 + secs; commits = 0
-while time.time() < end:
+def one_batch(n):
     c.execute("BEGIN IMMEDIATE")
     ids = ["o%d" % (n + i) for i in range(batch)]
     c.execute("SELECT order_id, fingerprint, result FROM splits WHERE order_id IN (%s)" % ",".join("?"*batch), ids).fetchall()
@@ -41,7 +42,22 @@ while time.time() < end:
         c.execute("INSERT INTO entries (account, currency, amount, deferred, available_at, source_kind, source_id, order_id, created_at) VALUES %s" % ",".join(["(?,?,?,?,?,?,?,?,?)"]*len(rows)), [x for r in rows for x in r])
     c.execute("INSERT INTO outbox (event_id, kind, key, body, created_at) VALUES %s ON CONFLICT (event_id) DO NOTHING" % ",".join(["(?,?,?,?,?)"]*batch), [x for i in ids for x in ("sc:"+i, "split.computed", i, "", now)])
     c.execute("INSERT INTO volumes (kind, subject, currency, month, amount) VALUES %s ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = excluded.amount" % ",".join(["(?,?,?,?,?)"]*len(keys)), [x for k in keys for x in k + (5,)])
-    c.execute("COMMIT"); commits += 1
-    n += batch
+    c.execute("COMMIT")
+while time.time() < end:
+    one_batch(n); commits += 1; n += batch
 el = time.time() - t0
 print(f"batch={batch} orders/s={n/el:.0f} commits/s={commits/el:.0f} ms/commit={el/commits*1000:.2f}")
+
+# FRAMES=1: one more batch on an emptied WAL, then which table or index each of its WAL
+# frames (pages) belongs to (SQLite's dbstat), most first: where a batch's bytes go.
+if os.environ.get("FRAMES") == "1":
+    import collections, struct
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    one_batch(n)
+    wal = open(db + "-wal", "rb").read()
+    size = struct.unpack(">I", wal[8:12])[0]
+    pages = [struct.unpack(">I", wal[o:o + 4])[0] for o in range(32, len(wal) - size - 23, size + 24)]
+    owner = dict(c.execute("SELECT pageno, name FROM dbstat").fetchall())
+    print(f"one batch of {batch} after {n} orders: {len(pages)} WAL frames")
+    for name, k in collections.Counter(owner.get(p, "?") for p in pages).most_common():
+        print(f"  {k:5d}  {name}")
