@@ -721,7 +721,7 @@ async fn a_batch_whose_rules_read_no_history_moves_counters_and_buyers_exactly(b
     assert_eq!(app.count("buyers").await, 3 + 4);
 
     // An order the engine refuses when it is queued is tried again in the batch, refused
-    // there, and fails alone; the order beside it is stored from its early result.
+    // there, and fails alone (the per-order fallback); the order beside it is stored.
     seen.lock().unwrap().clear();
     let batch = vec![
         pending_under(
