@@ -3,8 +3,9 @@
 //! SQLite has one writer at a time, so writes go through a pool of exactly one
 //! connection: write transactions queue in the pool instead of failing with SQLITE_BUSY,
 //! and a transaction that reads a volume counter is alone until it commits. Group
-//! commit's batches run on a second, synchronous connection (`store::sqlite_bulk`) while
-//! holding that pool's connection, so they queue with every other write the same way. Reads use a
+//! commit's batches run on a second, synchronous connection (`store::sqlite_bulk`); one
+//! async lock, the write gate, is held by each batch and by every transaction of that
+//! pool, so batches queue with every other write the same way. Reads use a
 //! separate pool and never wait for writers (WAL). `synchronous = FULL`: a commit is on
 //! disk before Compute answers.
 
@@ -55,9 +56,13 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     writer: SqlitePool,
-    /// Group commit's own connection (`store::sqlite_bulk`); used only while holding
-    /// `writer`'s one connection.
-    bulk: Arc<std::sync::Mutex<BulkWriter>>,
+    /// Group commit's own connection (`store::sqlite_bulk`), and the gate of every write
+    /// of this process: the batch holds it while it runs, and every write through
+    /// `writer` holds it for its transaction ([`SqliteStore::begin_write`]), so no two
+    /// writes ever wait on SQLite's write lock. A lock of its own rather than `writer`'s
+    /// one connection, which sqlx pings on every release before another caller may have
+    /// it (1.5 ms between batches, RESULTS.md §16).
+    bulk: Arc<tokio::sync::Mutex<BulkWriter>>,
     reader: SqlitePool,
     /// Dropped with the last handle: stops the checkpointer.
     _alive: Arc<()>,
@@ -120,7 +125,7 @@ impl SqliteStore {
         tokio::spawn(checkpoint_loop(checkpointer, Arc::downgrade(&alive)));
         Ok(SqliteStore {
             writer,
-            bulk: Arc::new(std::sync::Mutex::new(bulk)),
+            bulk: Arc::new(tokio::sync::Mutex::new(bulk)),
             reader,
             _alive: alive,
         })
@@ -130,6 +135,19 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+
+    /// A write transaction on `writer`, with the write gate held for as long as the
+    /// returned guard lives: keep both until the transaction ends.
+    async fn begin_write(
+        &self,
+    ) -> Result<(
+        tokio::sync::MutexGuard<'_, BulkWriter>,
+        Transaction<'static, Sqlite>,
+    )> {
+        let gate = self.bulk.lock().await;
+        let tx = self.writer.begin().await?;
+        Ok((gate, tx))
     }
 }
 
@@ -717,7 +735,7 @@ impl Store for SqliteStore {
     }
 
     async fn publish_ruleset(&self, new: NewRuleSet) -> Result<StoredRuleSet> {
-        let mut tx = self.writer.begin().await?;
+        let (_gate, mut tx) = self.begin_write().await?;
         let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM rulesets")
             .fetch_one(&mut *tx)
             .await?;
@@ -806,7 +824,7 @@ impl Store for SqliteStore {
         rs: Option<Arc<RuleSet>>,
         now: DateTime<Utc>,
     ) -> Result<UpsertOutcome> {
-        let mut tx = self.writer.begin().await?;
+        let (_gate, mut tx) = self.begin_write().await?;
         let out = upsert_in(&mut tx, &up, rs.as_deref(), now).await?;
         tx.commit().await?;
         Ok(out)
@@ -818,7 +836,7 @@ impl Store for SqliteStore {
         promoter: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let (_gate, mut tx) = self.begin_write().await?;
         bind_in(&mut tx, customer, promoter, now).await?;
         tx.commit().await?;
         Ok(())
@@ -831,7 +849,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> std::result::Result<ImportSummary, ImportError> {
         let wrap = |index: usize| move |error: StoreError| ImportError { index, error };
-        let mut tx = self.writer.begin().await.map_err(|e| wrap(0)(e.into()))?;
+        let (_gate, mut tx) = self.begin_write().await.map_err(wrap(0))?;
         let mut summary = ImportSummary::default();
         for (i, item) in items.iter().enumerate() {
             match item {
@@ -890,7 +908,7 @@ impl Store for SqliteStore {
         plan: &SplitPlan,
         compute: ComputeFn<'_>,
     ) -> Result<CommitOutcome> {
-        let mut tx = self.writer.begin().await?;
+        let (_gate, mut tx) = self.begin_write().await?;
         let out = commit_one(&mut tx, plan, compute).await?;
         match out {
             CommitOutcome::Stored { .. } => tx.commit().await?,
@@ -900,23 +918,20 @@ impl Store for SqliteStore {
     }
 
     async fn commit_splits(&self, batch: &[PendingSplit]) -> Result<Vec<Result<CommitOutcome>>> {
-        // The sqlx writer's one connection, held for the whole batch: no other write of
-        // this process runs beside the bulk connection's transaction.
-        let mut conn = self.writer.acquire().await?;
-        let bulk = self.bulk.clone();
-        let attempt = run_blocking(move || {
-            // A panic inside rolled its transaction back (rusqlite's drop): the
-            // connection is usable, so a poisoned lock is taken as is.
-            let mut w = bulk.lock().unwrap_or_else(|p| p.into_inner());
-            w.commit(batch)
-        });
-        match attempt {
+        // The write gate, held for the whole batch: no other write of this process runs
+        // beside the bulk connection's transaction.
+        let mut bulk = self.bulk.lock().await;
+        // A panic inside rolls its transaction back (rusqlite's drop) and releases the
+        // gate as it unwinds: the connection stays usable.
+        match run_blocking(|| bulk.commit(batch)) {
             Ok(out) => return Ok(out),
             Err(e) => {
                 metrics::counter!("prorata_group_commit_fallback_total").increment(1);
                 tracing::debug!(error = %e, orders = batch.len(), "bulk commit failed: storing the batch one order per savepoint");
             }
         }
+        // Gate, then `writer`: the order every write takes them in.
+        let mut conn = self.writer.acquire().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let mut out = Vec::with_capacity(batch.len());
         for p in batch {
@@ -985,7 +1000,7 @@ impl Store for SqliteStore {
         req: &dyn MovementRequest,
         now: DateTime<Utc>,
     ) -> Result<MovementOutcome> {
-        let mut tx = self.writer.begin().await?;
+        let (_gate, mut tx) = self.begin_write().await?;
         let kind = kind_name(req.kind());
         let split_row = sqlx::query("SELECT result FROM splits WHERE order_id = ?")
             .bind(req.order_id())
@@ -1116,7 +1131,7 @@ impl Store for SqliteStore {
     ) -> Result<(PayoutBatch, bool)> {
         let fp = payout_fingerprint(as_of, minimum);
         let as_of = as_of.unwrap_or(now);
-        let mut tx = self.writer.begin().await?;
+        let (_gate, mut tx) = self.begin_write().await?;
         if let Some(r) =
             sqlx::query("SELECT fingerprint, body FROM payout_batches WHERE batch_id = ?")
                 .bind(batch)
@@ -1205,7 +1220,7 @@ impl Store for SqliteStore {
         outcome: PayoutOutcome,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let mut tx = self.writer.begin().await?;
+        let (_gate, mut tx) = self.begin_write().await?;
         let has: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM payout_entries WHERE batch_id = ? AND account = ? LIMIT 1",
         )
@@ -1286,7 +1301,7 @@ impl Store for SqliteStore {
     }
 
     async fn outbox_mark_published(&self, seqs: &[i64], now: DateTime<Utc>) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let (_gate, mut tx) = self.begin_write().await?;
         for s in seqs {
             sqlx::query("UPDATE outbox SET published_at = ? WHERE seq = ?")
                 .bind(us(now))
@@ -1353,6 +1368,7 @@ impl Store for SqliteStore {
     }
 
     async fn outbox_prune(&self, keep: i64) -> Result<u64> {
+        let _gate = self.bulk.lock().await;
         let r = sqlx::query(
             "DELETE FROM outbox WHERE seq <= (SELECT seq FROM outbox ORDER BY seq DESC LIMIT 1 OFFSET ?)",
         )
@@ -1366,6 +1382,27 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No write of this process runs beside a batch: every write waits for the gate the
+    /// batch holds (released here by hand), whichever path it takes.
+    #[tokio::test]
+    async fn every_write_waits_for_the_write_gate() {
+        let dir = std::env::temp_dir().join(format!("prorata-gate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("db.sqlite")).await.unwrap();
+        let gate = store.bulk.lock().await;
+        let (a, b) = (store.clone(), store.clone());
+        let prune = tokio::spawn(async move { a.outbox_prune(10).await });
+        let mark = tokio::spawn(async move { b.outbox_mark_published(&[], Utc::now()).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waited = (!prune.is_finished(), !mark.is_finished());
+        drop(gate);
+        assert_eq!(prune.await.unwrap().unwrap(), 0);
+        mark.await.unwrap().unwrap();
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(waited, (true, true), "both writes waited for the gate");
+    }
 
     /// Durability is a setting: both writing connections must sync the WAL at every commit.
     #[tokio::test]
@@ -1383,7 +1420,7 @@ mod tests {
             .await
             .unwrap();
         drop(c);
-        let (bulk_sync, bulk_mode) = store.bulk.lock().unwrap().durability();
+        let (bulk_sync, bulk_mode) = store.bulk.lock().await.durability();
         store.close().await;
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(

@@ -9,9 +9,9 @@
 //! Measured from Python's sqlite3 on this machine, the same statements store about 9,600
 //! orders/s in batches of 32 (RESULTS.md §14): that is the ceiling this path aims at.
 //!
-//! The caller holds the sqlx writer pool's one connection while the batch runs, so no
-//! other write of this process runs beside it and neither connection ever waits on
-//! SQLite's write lock. The statements and their order are those of
+//! The caller holds the store's write gate while the batch runs, and every write through
+//! the sqlx writer pool takes the same gate, so no other write of this process runs
+//! beside it and neither connection ever waits on SQLite's write lock. The statements and their order are those of
 //! `store::batch` (the module doc): every read, then [`batch::plan`], then every row.
 
 use std::collections::{HashMap, HashSet};
