@@ -1,0 +1,31 @@
+#!/bin/bash
+# benches/ab/pg-durable.sh /abs/BIN NAME: durable Compute on PostgreSQL (benches/ab/durable.sh,
+# 64 in flight, on a fresh database migrated by `BIN migrate`), then with PGB=1 the database
+# ceiling beside it: pgbench of the same batched statements (-D batch=${BATCH:-16} -D deferred=1,
+# as the pgbench stage of benches/run.sh), at -c 2 and -c 4, on a second fresh database holding
+# 1,000 of the results the run stored. Both databases are dropped at the end.
+set -e
+BIN=$1 NAME=$2; cd "$(dirname "$0")/../.."
+P="psql -h 127.0.0.1 -U postgres -qAt"
+URL=postgres://postgres@127.0.0.1:5432
+DB=pd_$NAME G=pgb_$NAME
+$P -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+PRORATA_DATABASE_URL=$URL/$DB "$BIN" migrate > /dev/null
+bash benches/ab/durable.sh "$BIN" "${PORT:-7900}" "pg-$NAME" PRORATA_DATABASE_URL=$URL/$DB | tail -2
+if [ -n "$PGB" ]; then
+  $P -d $DB -c "\\copy (SELECT result FROM splits LIMIT 1000) TO '/tmp/pg-durable-$NAME.txt'"
+  $P -d postgres -c "DROP DATABASE IF EXISTS $G WITH (FORCE)" -c "CREATE DATABASE $G"
+  PRORATA_DATABASE_URL=$URL/$G "$BIN" migrate > /dev/null
+  $P -d $G -c "CREATE TABLE bench_payloads (id SERIAL PRIMARY KEY, body TEXT NOT NULL)"
+  $P -d $G -c "\\copy bench_payloads (body) FROM '/tmp/pg-durable-$NAME.txt'"
+  N=$($P -d $G -c "SELECT count(*) FROM bench_payloads")
+  $P -d $G -f benches/pgbench/batch_setup.sql > /dev/null
+  for c in 2 4; do
+    $P -d $G -c CHECKPOINT
+    pgbench -h 127.0.0.1 -U postgres -n -M prepared -c $c -j 2 -T 10 -D run="$(date +%s)$c" -D batch="${BATCH:-16}" \
+      -D payloads="$N" -D deferred=1 -f benches/pgbench/compute_batch.sql $G 2>&1 |
+      grep -E '^tps|failed' | sed "s/^/pgbench -c $c batch=${BATCH:-16}: /"
+  done
+  $P -d postgres -c "DROP DATABASE IF EXISTS $G WITH (FORCE)"
+fi
+$P -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
