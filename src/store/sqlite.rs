@@ -138,7 +138,10 @@ impl SqliteStore {
     }
 
     /// A write transaction on `writer`, with the write gate held for as long as the
-    /// returned guard lives: keep both until the transaction ends.
+    /// returned guard lives: keep both until the transaction ends. (A write whose caller
+    /// went away frees the gate at once while sqlx still rolls its transaction back on
+    /// the connection; a batch starting then waits those milliseconds in SQLite's busy
+    /// timeout, not in an error.)
     async fn begin_write(
         &self,
     ) -> Result<(
