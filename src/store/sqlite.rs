@@ -934,8 +934,7 @@ impl Store for SqliteStore {
             }
         }
         // Gate, then `writer`: the order every write takes them in.
-        let mut conn = self.writer.acquire().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = self.writer.begin().await?;
         let mut out = Vec::with_capacity(batch.len());
         for p in batch {
             // Each order in its own savepoint: a refused order rolls back alone.

@@ -11,8 +11,9 @@
 //!
 //! The caller holds the store's write gate while the batch runs, and every write through
 //! the sqlx writer pool takes the same gate, so no other write of this process runs
-//! beside it and neither connection ever waits on SQLite's write lock. The statements and their order are those of
-//! `store::batch` (the module doc): every read, then [`batch::plan`], then every row.
+//! beside it and neither connection ever waits on SQLite's write lock. The statements
+//! and their order are those of `store::batch` (the module doc): every read, then
+//! [`batch::plan`], then every row.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
