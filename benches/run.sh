@@ -288,6 +288,10 @@ grep -qi '^prorata-replayed: *true' "$OUT/h2load/check-a-replay.headers" ||
   { echo "the replay body of A is not a replay" >&2; exit 1; }
 h2 a-replay-c64 "$PA" /prorata.v1.CommissionService/Compute "$OUT/bodies/replay-a.grpc" -c "$CONNS" -m $((CONC / CONNS))
 bench a-compute-c64 "$PA" --scenario compute --lines 2 --refund-ratio 0
+# The same at 32 in flight (p99 at a lower load), and with orders paid at random seconds
+# of the month in random order (a backfill) instead of about in sequence (live traffic).
+C=32 N=4 bench a-compute-c32 "$PA" --scenario compute --lines 2 --refund-ratio 0
+bench a-compute-month-c64 "$PA" --scenario compute --lines 2 --refund-ratio 0 --paid-at month
 setup_only a-account "$PA" --account-orders "$ACCOUNT_ORDERS" --lines 2
 bench a-list-c64 "$PA" --scenario list-splits
 C=1 N=1 bench a-list-c1 "$PA" --scenario list-splits
@@ -314,6 +318,8 @@ awk '/^prorata_group_commit_batch_orders_sum/ {s=$2} /^prorata_group_commit_batc
      END {if (c > 0) printf "%d %d %.0f\n", s, c, s / c; else print "0 0 1"}' \
   "$OUT/pgbench/server-metrics.txt" >"$OUT/pgbench/batches.txt"
 log "group commit during b-compute-c64 (orders, batches, mean): $(cat "$OUT/pgbench/batches.txt")"
+psql_pg "$PG_DB" -c CHECKPOINT
+bench b-compute-month-c64 "$PB" --scenario compute --lines 2 --refund-ratio 0 --paid-at month
 bench b-replay-c64 "$PB" --scenario replay
 setup_only b-account "$PB" --account-orders "$ACCOUNT_ORDERS" --lines 2
 bench b-list-c64 "$PB" --scenario list-splits
@@ -348,16 +354,22 @@ BATCH=$(awk '{print $3}' "$OUT/pgbench/batches.txt" 2>/dev/null || echo 16)
 # batches move counters and claim buyers at their end (compute_batch.sql, ARCHITECTURE.md).
 # -c 2 is the server's concurrency (group_commit_workers = 2 batch transactions at once);
 # -c 4 gives the database twice that. The ceiling is the best of every pgbench run.
+# live=1 pays the orders about in sequence (b-compute-c64, `--paid-at live`), live=0 at
+# random seconds of the month (b-compute-month-c64): each server run has its own ceiling.
+for live in 1 0; do
 for c in 2 4; do
+  name=batch-c$c; [ "$live" = 1 ] || name=batch-month-c$c
   psql_pg "$PGBENCH_DB" -c CHECKPOINT
   SRV=0; cpu_mark
-  { time pgbench -n -M prepared -c "$c" -j 2 -T "$PGB_T" -D run="$(date +%s)$c" -D batch="$BATCH" -D payloads="$PAYLOADS" -D deferred=1 \
-    -f benches/pgbench/compute_batch.sql "$PG/$PGBENCH_DB" >"$OUT/pgbench/batch-c$c.txt" 2>&1; } 2>"$OUT/cpu/pgbench-batch-c$c.time"
-  cpu_report "pgbench-batch-c$c" "$OUT/cpu/pgbench-batch-c$c.time"
-  grep -E '^(number of transactions actually|number of failed|latency average|tps)' "$OUT/pgbench/batch-c$c.txt" |
-    sed "s/^/pgbench batch=$BATCH -c $c: /" | tee -a "$OUT/run.log"
-  tps=$(awk '/^tps/ {print $3}' "$OUT/pgbench/batch-c$c.txt")
-  log "pgbench batch ceiling: $tps transactions/s x $BATCH orders = $(python3 -c "print(round($tps * $BATCH))") orders/s"
+  { time pgbench -n -M prepared -c "$c" -j 2 -T "$PGB_T" -D run="$(date +%s)$live$c" -D batch="$BATCH" -D payloads="$PAYLOADS" -D deferred=1 \
+    -D live="$live" -D clients="$c" -D seq=0 \
+    -f benches/pgbench/compute_batch.sql "$PG/$PGBENCH_DB" >"$OUT/pgbench/$name.txt" 2>&1; } 2>"$OUT/cpu/pgbench-$name.time"
+  cpu_report "pgbench-$name" "$OUT/cpu/pgbench-$name.time"
+  grep -E '^(number of transactions actually|number of failed|latency average|tps)' "$OUT/pgbench/$name.txt" |
+    sed "s/^/pgbench batch=$BATCH -c $c live=$live: /" | tee -a "$OUT/run.log"
+  tps=$(awk '/^tps/ {print $3}' "$OUT/pgbench/$name.txt")
+  log "pgbench batch ceiling (live=$live): $tps transactions/s x $BATCH orders = $(python3 -c "print(round($tps * $BATCH))") orders/s"
+done
 done
 # One order per transaction (group commit off), at the gRPC run's concurrency (64) and
 # the pool's (16): the ceiling without batching, for comparison.
@@ -365,6 +377,7 @@ for c in "$CONC" 16; do
   psql_pg "$PGBENCH_DB" -c CHECKPOINT
   SRV=0; cpu_mark
   { time pgbench -n -M prepared -c "$c" -j 2 -T "$PGB_T" -D run="$(date +%s)$c" -D payloads="$PAYLOADS" -D partitioned="$PARTITIONED" \
+    -D live=1 -D clients="$c" -D seq=0 \
     -f benches/pgbench/compute.sql "$PG/$PGBENCH_DB" >"$OUT/pgbench/c$c.txt" 2>&1; } 2>"$OUT/cpu/pgbench-c$c.time"
   cpu_report "pgbench-c$c" "$OUT/cpu/pgbench-c$c.time"
   grep -E '^(number of transactions actually|number of failed|latency average|tps)' "$OUT/pgbench/c$c.txt" |

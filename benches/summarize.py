@@ -232,10 +232,20 @@ def targets(runs, h2, pgb, cpu_cores):
     row("replay of a stored order (PostgreSQL)", ">= 0.6 x ceiling", "b-replay-c64", "b-empty-c64")
     row("durable Compute, unique 2-line orders, SQLite", ">= 3,000/s, p99 <= 20 ms",
         "a-compute-c64", "a-empty-c64")
-    pg_ceiling = max((p.get("orders_per_s") or 0) for p in pgb.values()) if pgb else None
+    row("durable Compute, unique 2-line orders, SQLite, 32 in flight", ">= 3,000/s, p99 <= 20 ms",
+        "a-compute-c32", "a-empty-c64")
+    row("durable Compute, SQLite, orders paid at random in the month (backfill)",
+        ">= 3,000/s, p99 <= 20 ms", "a-compute-month-c64", "a-empty-c64")
+
+    def best(month):
+        v = [p.get("orders_per_s") or 0 for n, p in pgb.items() if ("month" in n) == month]
+        return max(v) if v else None
     row("durable Compute, unique 2-line orders, PostgreSQL",
-        ">= 5,000/s, p99 <= 20 ms, >= 1.0 x pgbench", "b-compute-c64", ceiling=pg_ceiling,
-        note="ceiling = pgbench of the same statements, in orders/s (best of the batched runs at -c 2 (the server's 2 batch transactions) and -c 4 and the one-order runs at -c 64 and -c 16)")
+        ">= 5,000/s, p99 <= 20 ms, >= 1.0 x pgbench", "b-compute-c64", ceiling=best(False),
+        note="ceiling = pgbench of the same statements, orders paid about in sequence, in orders/s (best of the batched runs at -c 2 (the server's 2 batch transactions) and -c 4 and the one-order runs at -c 64 and -c 16)")
+    row("durable Compute, PostgreSQL, orders paid at random in the month (backfill)",
+        ">= 5,000/s, p99 <= 20 ms, >= 1.0 x pgbench", "b-compute-month-c64", ceiling=best(True),
+        note="ceiling = pgbench of the same statements with the same paid_at model (batched, -c 2 and -c 4)")
     row("GetUpline, depth 10, largest network, 1 in flight", "p99 <= 1 ms", "c-upline-c1", "c-empty-c1")
     row("GetUpline, depth 10, largest network, 64 in flight", "p99 <= 1 ms", "c-upline-c64", "c-empty-c64")
     for b, label in [("a", "SQLite"), ("b", "PostgreSQL")]:

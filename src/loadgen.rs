@@ -36,6 +36,9 @@
 //! xorshift PRNG), so a run's order mix does not depend on scheduling: 1-5 lines, 1-5
 //! levels (uniform), 50 merchants, three channels, CNY amounts in minor units, some line
 //! discounts and tags. `--lines N` and `--levels N` fix the shape of every order.
+//! `--paid-at live` (the default) pays order `n` 10 ms after order `n - 1`, less up to 5 s
+//! of jitter, as live checkout traffic arrives; `--paid-at month` pays each order at a
+//! random second of November 2026, in random order, as a backfill would.
 //!
 //! Scenarios that isolate one cost (used by `benches/run.sh` for the growth curves):
 //! - `preview`: `CommissionService/Preview` of new orders: the whole server path of a
@@ -147,6 +150,25 @@ rules:
 const CATEGORIES: [&str; 5] = ["beauty", "food", "apparel", "home", "electronics"];
 /// 2026-11-01T00:00:00Z: generated orders are paid during November 2026.
 const PAID_AT_BASE: i64 = 1_793_491_200;
+/// `--paid-at live`: milliseconds between the payments of orders `n` and `n + 1`.
+const LIVE_STEP_MS: i64 = 10;
+/// `--paid-at live`: an order reaches prorata up to this long after later-numbered orders
+/// were paid (an order system's retries and queues reorder a few seconds of payments).
+const LIVE_JITTER_MS: u64 = 5_000;
+
+/// When the generated orders were paid: the order in which rows reach the per-account
+/// indexes (`split_accounts` by account and `paid_at`, entries by availability), which
+/// changes how many pages a batch writes (benches/RESULTS.md §17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PaidAt {
+    /// Live checkout traffic: order `n` is paid [`LIVE_STEP_MS`] after order `n - 1`,
+    /// less up to [`LIVE_JITTER_MS`], from November 1, 2026: orders arrive about in the
+    /// order they were paid, as from an order system that calls Compute at payment.
+    #[default]
+    Live,
+    /// A backfill: every order paid at a random second of November 2026, in random order.
+    Month,
+}
 
 /// Closed or open loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -271,6 +293,10 @@ pub struct BenchArgs {
     /// list-splits: page size (0: the server's default, 100).
     #[arg(long, default_value_t = 0)]
     pub page_size: u32,
+    /// When the generated orders were paid: `live` (about in arrival order, as at
+    /// checkout) or `month` (a backfill: random seconds of November 2026, random order).
+    #[arg(long, value_enum, default_value_t = PaidAt::Live)]
+    pub paid_at: PaidAt,
     /// Seed of the order mix.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -415,6 +441,8 @@ pub struct OrderShape {
     pub levels: Option<usize>,
     /// Where the buyers are bound.
     pub network: Network,
+    /// When the orders were paid.
+    pub paid_at: PaidAt,
 }
 
 /// Deterministic orders: `order(n)` depends only on the seed, the prefix, the shape and `n`.
@@ -460,7 +488,16 @@ impl OrderGen {
             5..=8 => "wechat",
             _ => "card",
         };
-        let paid_at = PAID_AT_BASE + rng.below(29 * 86_400) as i64;
+        // One draw for both models, so the rest of an order is the same in either.
+        let spread = rng.below(29 * 86_400);
+        let paid_at_ms = match self.shape.paid_at {
+            PaidAt::Month => (PAID_AT_BASE + spread as i64) * 1_000,
+            // Never before the base, so every order stays in November's counters.
+            PaidAt::Live => {
+                PAID_AT_BASE * 1_000 + LIVE_JITTER_MS as i64 + (n as i64).saturating_mul(LIVE_STEP_MS)
+                    - (spread % LIVE_JITTER_MS) as i64
+            }
+        };
         let tags = if rng.chance(0.3) {
             vec!["promo".to_string()]
         } else {
@@ -500,8 +537,8 @@ impl OrderGen {
                 merchant,
                 buyer: net.customer(chain, levels, j),
                 paid_at: Some(prost_types::Timestamp {
-                    seconds: paid_at,
-                    nanos: 0,
+                    seconds: paid_at_ms.div_euclid(1_000),
+                    nanos: (paid_at_ms.rem_euclid(1_000) * 1_000_000) as i32,
                 }),
                 currency: "CNY".into(),
                 channel: channel.into(),
@@ -1333,6 +1370,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
             lines: args.lines.map(|n| n as usize),
             levels: args.levels.map(|n| n as usize),
             network,
+            paid_at: args.paid_at,
         },
     };
     let mut setup_s = serde_json::Map::new();
@@ -1629,6 +1667,10 @@ fn json_summary(
             "setup_network": a.setup_network,
             "lines": a.lines,
             "levels": a.levels,
+            "paid_at": match a.paid_at {
+                PaidAt::Live => "live",
+                PaidAt::Month => "month",
+            },
             "network": a.network,
             "chain_depth": a.chain_depth,
             "network_from": a.network_from,
@@ -1731,6 +1773,51 @@ mod tests {
         assert_ne!(gen.order(0).order.lines, other.order(0).order.lines);
     }
 
+    /// `live` orders are paid about in sequence (10 ms apart, less at most 5 s), `month`
+    /// orders at random seconds of November 2026; the rest of each order is the same.
+    #[test]
+    fn paid_at_models_differ_only_in_the_payment_time() {
+        let gen = |paid_at| OrderGen {
+            seed: 4,
+            prefix: "bench-paid".into(),
+            refund_ratio: 0.1,
+            shape: OrderShape {
+                paid_at,
+                ..OrderShape::default()
+            },
+        };
+        let (live, month) = (gen(PaidAt::Live), gen(PaidAt::Month));
+        assert_eq!(OrderShape::default().paid_at, PaidAt::Live);
+        let ms = |o: &pb::Order| {
+            let t = o.paid_at.expect("paid_at is set");
+            assert!((0..1_000_000_000).contains(&t.nanos));
+            t.seconds * 1_000 + i64::from(t.nanos) / 1_000_000
+        };
+        let november = PAID_AT_BASE * 1_000..(PAID_AT_BASE + 30 * 86_400) * 1_000;
+        let mut out_of_order = 0;
+        let mut month_seconds = std::collections::HashSet::new();
+        for n in 0..2_000u64 {
+            let (l, m) = (live.order(n), month.order(n));
+            let (tl, tm) = (ms(&l.order), ms(&m.order));
+            assert!(november.contains(&tl) && november.contains(&tm), "order {n}");
+            let due = PAID_AT_BASE * 1_000 + LIVE_JITTER_MS as i64 + n as i64 * LIVE_STEP_MS;
+            assert!((due - LIVE_JITTER_MS as i64 + 1..=due).contains(&tl), "order {n}: {tl}");
+            assert_eq!(tm % 1_000, 0, "month: whole seconds");
+            month_seconds.insert(tm / 1_000);
+            if n > 0 && tl < ms(&live.order(n - 1).order) {
+                out_of_order += 1;
+            }
+            let mut m = m;
+            m.order.paid_at = l.order.paid_at;
+            assert_eq!(m, l, "order {n}: only paid_at differs");
+        }
+        // Jitter reorders neighbours, the sequence still moves forward.
+        assert!(out_of_order > 100, "{out_of_order}");
+        assert!(ms(&live.order(1_999).order) > ms(&live.order(0).order) + 10_000);
+        // The month model spreads orders over the month.
+        assert!(month_seconds.len() > 1_990, "{}", month_seconds.len());
+    }
+
     fn chains(chains: usize, depth: usize) -> Network {
         Network::Chains { chains, depth }
     }
@@ -1746,6 +1833,7 @@ mod tests {
                     lines: Some(lines),
                     levels: Some(levels),
                     network: chains(1000, 10),
+                    ..OrderShape::default()
                 },
             };
             for n in 0..50 {
@@ -1915,6 +2003,7 @@ mod tests {
                     lines: Some(3),
                     levels: Some(10),
                     network: net,
+                    ..OrderShape::default()
                 },
             };
             for n in 0..40 {

@@ -1,11 +1,12 @@
 #!/bin/bash
 # benches/ab/pg-durable.sh /abs/BIN NAME: durable Compute on PostgreSQL (benches/ab/durable.sh,
-# 64 in flight, on a fresh database migrated by `BIN migrate`), then with PGB=1 the database
+# 64 in flight, PAID=live|month as there, on a fresh database migrated by `BIN migrate`), then with PGB=1 the database
 # ceiling beside it: pgbench of the same batched statements (-D batch=${BATCH:-16} -D deferred=1,
 # as the pgbench stage of benches/run.sh), at -c 2 and -c 4, on a second fresh database holding
 # 1,000 of the results the run stored. Both databases are dropped at the end.
 set -e
 BIN=$1 NAME=$2; cd "$(dirname "$0")/../.."
+LIVE=1; [ "${PAID:-live}" = live ] || LIVE=0   # pgbench pays its orders as the server run did
 P="psql -h 127.0.0.1 -U postgres -qAt"
 URL=postgres://postgres@127.0.0.1:5432
 DB=pd_$NAME G=pgb_$NAME
@@ -23,7 +24,7 @@ if [ -n "$PGB" ]; then
   for c in 2 4; do
     $P -d $G -c CHECKPOINT
     pgbench -h 127.0.0.1 -U postgres -n -M prepared -c $c -j 2 -T 10 -D run="$(date +%s)$c" -D batch="${BATCH:-16}" \
-      -D payloads="$N" -D deferred=1 -f benches/pgbench/compute_batch.sql $G 2>&1 |
+      -D payloads="$N" -D deferred=1 -D live="$LIVE" -D clients=$c -D seq=0 -f benches/pgbench/compute_batch.sql $G 2>&1 |
       grep -E '^tps|failed' | sed "s/^/pgbench -c $c batch=${BATCH:-16}: /"
   done
   $P -d postgres -c "DROP DATABASE IF EXISTS $G WITH (FORCE)"

@@ -32,10 +32,14 @@
 -- The mix follows src/loadgen.rs with `--setup` (the classic network): 50 merchants,
 -- 200 chains of 5 promoters with 5 customers each, a buyer bound at depth 1-5 paying as
 -- many levels, so 4 + levels accounts (merchant, platform, partner, channel, promoters);
--- paid during November 2026; entries available 7 days later (hold_days).
+-- paid during November 2026 (live = 1: about in sequence, 10 ms apart less up to 5 s, as
+-- `prorata bench --paid-at live`; live = 0: at random seconds, `--paid-at month`); entries
+-- available 7 days later (hold_days).
 --
 -- Variables given with pgbench -D:
 --   partitioned  1 or 0, see above
+--   live, clients, seq  the paid_at model above; clients = pgbench -c, seq = 0 (pgbench
+--             keeps a client's variables between transactions: its count so far)
 --   run       a number unique to this run: order ids never collide with earlier runs
 --   payloads  rows of bench_payloads: result JSON bodies copied by run.sh from the
 --             prorata Compute run of the same session, so the stored text has the real
@@ -48,7 +52,12 @@
 \set chain random(0, 199)
 \set levels random(1, 5)
 \set j random(0, 4)
-\set secs random(0, 2505599)
+\set seq :seq + 1
+\if :live
+\set paid_ms 5000 + (:seq * :clients + :client_id) * 10 - random(0, 4999)
+\else
+\set paid_ms random(0, 2505599) * 1000
+\endif
 \set oid random(1, 1000000000000000)
 \set sales random(500, 300000)
 \set payload random(1, :payloads)
@@ -91,7 +100,7 @@ INSERT INTO buyers (buyer, first_order_id)
 \if :partitioned
 INSERT INTO split_keys (order_id, paid_at)
   VALUES ('pgb-' || :run::text || '-' || :oid::text,
-          timestamptz '2026-11-01 00:00:00+00' + make_interval(secs => :secs::int));
+          timestamptz '2026-11-01 00:00:00+00' + make_interval(secs => :paid_ms::float8 / 1000));
 \endif
 
 INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version, paid,
@@ -101,7 +110,7 @@ INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, r
           'bench-m-' || lpad(:merchant::text, 2, '0'),
           'bench-c-' || lpad(:chain::text, 3, '0') || '-' || :levels::text || '-' || :j::text,
           'CNY',
-          timestamptz '2026-11-01 00:00:00+00' + make_interval(secs => :secs::int),
+          timestamptz '2026-11-01 00:00:00+00' + make_interval(secs => :paid_ms::float8 / 1000),
           1, :sales::bigint, :sales::bigint,
           'bench-p-' || lpad(:chain::text, 3, '0') || '-' || :levels::text,
           '2026-11',
@@ -109,7 +118,7 @@ INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, r
           now());
 
 INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version)
-  SELECT a, timestamptz '2026-11-01 00:00:00+00' + make_interval(secs => :secs::int),
+  SELECT a, timestamptz '2026-11-01 00:00:00+00' + make_interval(secs => :paid_ms::float8 / 1000),
          'pgb-' || :run::text || '-' || :oid::text, 'CNY', m, 1
   FROM UNNEST(
          ARRAY['merchant:' || 'bench-m-' || lpad(:merchant::text, 2, '0'), 'platform', 'partner:' || 'bench-partner', 'channel:' || 'alipay']
@@ -127,7 +136,7 @@ INSERT INTO entries (account, currency, amount, deferred, available_at, source_k
          array_fill('CNY'::text, ARRAY[4 + :levels::int]),
          array_fill(100::bigint, ARRAY[4 + :levels::int]),
          array_fill(false, ARRAY[4 + :levels::int]),
-         array_fill(timestamptz '2026-11-08 00:00:00+00' + make_interval(secs => :secs::int),
+         array_fill(timestamptz '2026-11-08 00:00:00+00' + make_interval(secs => :paid_ms::float8 / 1000),
                     ARRAY[4 + :levels::int])) AS x(a, c, m, d, t);
 
 INSERT INTO outbox (event_id, kind, key, body, created_at)

@@ -23,52 +23,58 @@
 -- the network comes from the process cache). Not mirrored: the engine (server CPU).
 --
 -- Variables given with pgbench -D: run (unique per run), batch (orders per transaction:
--- the mean batch the server formed in the same run), payloads (rows of bench_payloads).
+-- the mean batch the server formed in the same run), payloads (rows of bench_payloads),
+-- live (1: orders paid about in sequence, `prorata bench --paid-at live`; 0: at random
+-- seconds of the month, `--paid-at month`), clients (pgbench -c), seq (0: this client's
+-- transactions so far; pgbench keeps a client's variables from one transaction to the
+-- next, so order_seq below numbers every client's batches apart).
 -- bench_batch() is made by benches/pgbench/batch_setup.sql.
 -- In -M prepared mode pgbench turns every `:name` into a parameter, even inside a
 -- string literal, so no literal here has a colon followed by a letter.
 
 \set base random(1, 1000000000000)
+\set seq :seq + 1
+\set order_seq :seq * :clients + :client_id
 
 BEGIN;
 
 SELECT pg_advisory_xact_lock(hashtextextended(o, 0))
-  FROM (SELECT order_id AS o FROM bench_batch(:run, :base, :batch, :payloads) ORDER BY 1) AS s;
+  FROM (SELECT order_id AS o FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq) ORDER BY 1) AS s;
 
 SELECT k.order_id, s.fingerprint, s.result FROM split_keys k
   LEFT JOIN splits s ON s.order_id = k.order_id AND s.paid_at = k.paid_at
-  WHERE k.order_id = ANY(ARRAY(SELECT order_id FROM bench_batch(:run, :base, :batch, :payloads)));
+  WHERE k.order_id = ANY(ARRAY(SELECT order_id FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq)));
 
 \if :deferred
 \else
 INSERT INTO volumes (kind, subject, currency, month, amount)
   SELECT k, s, 'CNY', '2026-11', 0 FROM (
     SELECT DISTINCT k, s FROM (
-      SELECT 'merchant' AS k, merchant AS s FROM bench_batch(:run, :base, :batch, :payloads)
+      SELECT 'merchant' AS k, merchant AS s FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq)
       UNION ALL
-      SELECT 'promoter', promoter FROM bench_batch(:run, :base, :batch, :payloads)) AS u) AS d
+      SELECT 'promoter', promoter FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq)) AS u) AS d
   ORDER BY k, s
   ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = volumes.amount
   RETURNING kind, subject, currency, month, amount;
 
 INSERT INTO buyers (buyer, first_order_id)
-  SELECT DISTINCT ON (buyer) buyer, order_id FROM bench_batch(:run, :base, :batch, :payloads)
+  SELECT DISTINCT ON (buyer) buyer, order_id FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq)
   ORDER BY buyer, i
   ON CONFLICT (buyer) DO NOTHING RETURNING buyer;
 \endif
 
 INSERT INTO split_keys (order_id, paid_at)
-  SELECT order_id, paid_at FROM bench_batch(:run, :base, :batch, :payloads);
+  SELECT order_id, paid_at FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq);
 
 INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version, paid,
                     sales, primary_promoter, month, result, created_at)
   SELECT b.order_id, md5(b.order_id) || md5(b.buyer), b.merchant, b.buyer, 'CNY', b.paid_at, 1,
          b.sales, b.sales, b.promoter, '2026-11', p.body, now()
-  FROM bench_batch(:run, :base, :batch, :payloads) AS b JOIN bench_payloads p ON p.id = b.payload;
+  FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq) AS b JOIN bench_payloads p ON p.id = b.payload;
 
 INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version)
   SELECT a, b.paid_at, b.order_id, 'CNY', 100, 1
-  FROM bench_batch(:run, :base, :batch, :payloads) AS b,
+  FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq) AS b,
        LATERAL UNNEST(
          ARRAY['merchant:' || b.merchant, 'platform', 'partner:' || 'bench-partner', 'channel:' || 'alipay']
            || ARRAY(SELECT 'promoter:' || 'bench-p-' || lpad(b.chain::text, 3, '0') || '-' || d
@@ -76,7 +82,7 @@ INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, rulese
 
 INSERT INTO entries (account, currency, amount, deferred, available_at, source_kind, source_id, order_id, created_at)
   SELECT a, 'CNY', 100, false, b.paid_at + interval '7 days', 'split', b.order_id, b.order_id, now()
-  FROM bench_batch(:run, :base, :batch, :payloads) AS b,
+  FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq) AS b,
        LATERAL UNNEST(
          ARRAY['merchant:' || b.merchant, 'platform', 'partner:' || 'bench-partner', 'channel:' || 'alipay']
            || ARRAY(SELECT 'promoter:' || 'bench-p-' || lpad(b.chain::text, 3, '0') || '-' || d
@@ -84,23 +90,23 @@ INSERT INTO entries (account, currency, amount, deferred, available_at, source_k
 
 INSERT INTO outbox (event_id, kind, key, body, created_at)
   SELECT 'split_computed:' || b.order_id, 'split_computed', b.order_id, '', now()
-  FROM bench_batch(:run, :base, :batch, :payloads) AS b
+  FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq) AS b
   ORDER BY b.i
   ON CONFLICT DO NOTHING;
 
 INSERT INTO volumes (kind, subject, currency, month, amount)
   SELECT k, s, 'CNY', '2026-11', delta FROM (
     SELECT k, s, sum(sales) AS delta FROM (
-      SELECT 'merchant' AS k, merchant AS s, sales FROM bench_batch(:run, :base, :batch, :payloads)
+      SELECT 'merchant' AS k, merchant AS s, sales FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq)
       UNION ALL
-      SELECT 'promoter', promoter, sales FROM bench_batch(:run, :base, :batch, :payloads)) AS u
+      SELECT 'promoter', promoter, sales FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq)) AS u
     GROUP BY k, s) AS d
   ORDER BY k, s
   ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = volumes.amount + EXCLUDED.amount;
 
 \if :deferred
 INSERT INTO buyers (buyer, first_order_id)
-  SELECT DISTINCT ON (buyer) buyer, order_id FROM bench_batch(:run, :base, :batch, :payloads)
+  SELECT DISTINCT ON (buyer) buyer, order_id FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq)
   ORDER BY buyer, i
   ON CONFLICT (buyer) DO NOTHING RETURNING buyer;
 \endif
