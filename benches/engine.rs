@@ -6,6 +6,8 @@
 //!   the cached 5-deep chain P1 <- P2 <- P3 <- P4 <- P5 with the buyer bound to P5.
 //! - `split_1_level_1_rule`: the smallest useful rule set, as a baseline.
 //! - `parse_order_and_fingerprint`: the boundary cost, `Order::parse` + `fingerprint::of`.
+//! - `result_json_5_levels`, `result_proto_5_levels`: the 5-level result as the store keeps
+//!   it (JSON) and as Compute answers it (the encoded protobuf `Split`).
 //!
 //! Only `engine::compute` is timed in the split benchmarks: the order, rule set and
 //! snapshot are built once, outside the measured loop.
@@ -23,6 +25,7 @@ use prorata::domain::engine;
 use prorata::domain::fingerprint;
 use prorata::domain::order::Order;
 use prorata::domain::split::{Account, SplitResult};
+use prorata::grpc::{convert, wire};
 
 mod common;
 use common::{chain_snapshot, compile, five_level_document, inputs, raw_order};
@@ -93,6 +96,14 @@ fn bench_engine(c: &mut Criterion) {
     });
     g.bench_function("split_1_level_1_rule", |b| {
         b.iter(|| engine::compute(black_box(&order), black_box(&rs1), black_box(&in1)))
+    });
+    // What a fresh Compute does with the result besides computing it: the JSON the store
+    // keeps, and the protobuf `Split` the answer carries.
+    g.bench_function("result_json_5_levels", |b| {
+        b.iter(|| serde_json::to_string(black_box(&r5)).expect("serializes"))
+    });
+    g.bench_function("result_proto_5_levels", |b| {
+        b.iter(|| wire::encode_split(&convert::split(black_box(&r5))))
     });
     g.bench_function("parse_order_and_fingerprint", |b| {
         b.iter(|| {
