@@ -120,7 +120,7 @@ def pgbench_runs(out):
         if len(p) == 3:
             batch = max(1, int(float(p[2])))
     paths = glob.glob(os.path.join(out, "pgbench", "c*.txt"))
-    paths += glob.glob(os.path.join(out, "pgbench", "batch-c*.txt"))
+    paths += glob.glob(os.path.join(out, "pgbench", "batch-*.txt"))
     for path in sorted(paths):
         name = os.path.basename(path)[:-4]
         with open(path) as f:
