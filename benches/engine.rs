@@ -25,7 +25,8 @@ use prorata::domain::engine;
 use prorata::domain::fingerprint;
 use prorata::domain::order::Order;
 use prorata::domain::split::{Account, SplitResult};
-use prorata::grpc::{convert, wire};
+use prorata::grpc::encode;
+use prorata::store::result_json;
 
 mod common;
 use common::{chain_snapshot, compile, five_level_document, inputs, raw_order};
@@ -100,10 +101,10 @@ fn bench_engine(c: &mut Criterion) {
     // What a fresh Compute does with the result besides computing it: the JSON the store
     // keeps, and the protobuf `Split` the answer carries.
     g.bench_function("result_json_5_levels", |b| {
-        b.iter(|| serde_json::to_string(black_box(&r5)).expect("serializes"))
+        b.iter(|| result_json::write(black_box(&r5)))
     });
     g.bench_function("result_proto_5_levels", |b| {
-        b.iter(|| wire::encode_split(&convert::split(black_box(&r5))))
+        b.iter(|| encode::split(black_box(&r5)))
     });
     g.bench_function("parse_order_and_fingerprint", |b| {
         b.iter(|| {

@@ -494,7 +494,9 @@ impl OrderGen {
             PaidAt::Month => (PAID_AT_BASE + spread as i64) * 1_000,
             // Never before the base, so every order stays in November's counters.
             PaidAt::Live => {
-                PAID_AT_BASE * 1_000 + LIVE_JITTER_MS as i64 + (n as i64).saturating_mul(LIVE_STEP_MS)
+                PAID_AT_BASE * 1_000
+                    + LIVE_JITTER_MS as i64
+                    + (n as i64).saturating_mul(LIVE_STEP_MS)
                     - (spread % LIVE_JITTER_MS) as i64
             }
         };
@@ -1799,9 +1801,15 @@ mod tests {
         for n in 0..2_000u64 {
             let (l, m) = (live.order(n), month.order(n));
             let (tl, tm) = (ms(&l.order), ms(&m.order));
-            assert!(november.contains(&tl) && november.contains(&tm), "order {n}");
+            assert!(
+                november.contains(&tl) && november.contains(&tm),
+                "order {n}"
+            );
             let due = PAID_AT_BASE * 1_000 + LIVE_JITTER_MS as i64 + n as i64 * LIVE_STEP_MS;
-            assert!((due - LIVE_JITTER_MS as i64 + 1..=due).contains(&tl), "order {n}: {tl}");
+            assert!(
+                (due - LIVE_JITTER_MS as i64 + 1..=due).contains(&tl),
+                "order {n}: {tl}"
+            );
             assert_eq!(tm % 1_000, 0, "month: whole seconds");
             month_seconds.insert(tm / 1_000);
             if n > 0 && tl < ms(&live.order(n - 1).order) {

@@ -17,6 +17,7 @@ use super::engine::{self, Context, Inputs};
 use super::network::{NetworkSnapshot, PromoterNode, Status};
 use super::order::{Funder, Order, RawAmount, RawCoupon, RawLine, RawOrder, RawReferral};
 use super::ruleset;
+use super::split::{ChainMember, SplitResult, WeightEntry};
 
 /// xorshift64*: deterministic and dependency-free.
 struct Rng(u64);
@@ -409,17 +410,28 @@ fn raw_order(r: &mut Rng, i: usize) -> RawOrder {
     }
 }
 
-/// Computes the corpus; returns (text of every case, number of computed splits).
-fn run() -> (String, usize) {
+/// What became of one case of the corpus.
+enum Case {
+    /// The rule-set document did not compile (its errors).
+    InvalidRuleSet(String),
+    /// The order did not parse (the error).
+    InvalidOrder(String),
+    /// The engine's answer.
+    Computed(Result<Box<SplitResult>, engine::EngineError>),
+}
+
+/// Generates every case, in order, with its label (`i` or `i.j`).
+fn cases(mut each: impl FnMut(String, Case)) {
     let mut r = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut out = String::new();
-    let mut computed = 0;
     let now = Utc.with_ymd_and_hms(2026, 11, 21, 0, 0, 0).unwrap();
     for i in 0..4000 {
         let doc = document(&mut r);
         let c = ruleset::compile(&doc);
         let Some(rs) = c.ruleset else {
-            writeln!(out, "{i} invalid {:?}", c.errors).unwrap();
+            each(
+                format!("{i}"),
+                Case::InvalidRuleSet(format!("{:?}", c.errors)),
+            );
             continue;
         };
         for j in 0..3 {
@@ -428,7 +440,7 @@ fn run() -> (String, usize) {
             let order = match Order::parse(&raw, "order") {
                 Ok(o) => o,
                 Err(e) => {
-                    writeln!(out, "{i}.{j} order {e:?}").unwrap();
+                    each(format!("{i}.{j}"), Case::InvalidOrder(format!("{e:?}")));
                     continue;
                 }
             };
@@ -443,15 +455,84 @@ fn run() -> (String, usize) {
                 fingerprint: "f".into(),
                 now,
             };
-            match engine::compute(&order, &rs, &inputs) {
-                Ok(res) => {
-                    computed += 1;
-                    writeln!(out, "{i}.{j} {}", serde_json::to_string(&res).unwrap()).unwrap();
-                }
-                Err(e) => writeln!(out, "{i}.{j} error {e:?}").unwrap(),
-            }
+            each(
+                format!("{i}.{j}"),
+                Case::Computed(engine::compute(&order, &rs, &inputs).map(Box::new)),
+            );
         }
     }
+}
+
+/// Every result the corpus computes (for tests of what is made of results), computed
+/// once per test binary.
+pub(crate) fn results() -> &'static [SplitResult] {
+    static RESULTS: std::sync::OnceLock<Vec<SplitResult>> = std::sync::OnceLock::new();
+    RESULTS.get_or_init(|| {
+        let mut out = Vec::new();
+        cases(|_, case| {
+            if let Case::Computed(Ok(res)) = case {
+                out.push(*res);
+            }
+        });
+        out
+    })
+}
+
+/// A corpus result with what the corpus leaves at one value filled unusually: notes (one
+/// empty, one with every control character, quotes, a backslash and non-ASCII text), a
+/// chain with and without a grade and a long id, two attribution weights. For tests of
+/// encodings of results.
+pub(crate) fn unusual_result() -> SplitResult {
+    let mut base = results()[0].clone();
+    let nasty: String = (0u8..0x20).map(char::from).collect::<String>()
+        + "\"quoted\" back\\slash é 中 \u{7f} \u{2028}";
+    base.notes = vec![nasty.clone(), String::new(), "é".repeat(100)];
+    base.chain = vec![
+        ChainMember {
+            level: 1,
+            promoter: nasty.as_str().into(),
+            status: "active".into(),
+            grade: "gold".into(),
+        },
+        ChainMember {
+            level: 2,
+            promoter: "P2".into(),
+            status: "frozen".into(),
+            grade: "".into(),
+        },
+    ];
+    base.attribution = vec![
+        WeightEntry {
+            promoter: "P1".into(),
+            weight: "1/3".into(),
+            primary: true,
+        },
+        WeightEntry {
+            promoter: "P\n2".into(),
+            weight: "2/3".into(),
+            primary: false,
+        },
+    ];
+    base.chain[1].promoter = "P".repeat(200).into();
+    base
+}
+
+/// Computes the corpus; returns (text of every case, number of computed splits).
+fn run() -> (String, usize) {
+    let mut out = String::new();
+    let mut computed = 0;
+    cases(|label, case| {
+        match case {
+            Case::InvalidRuleSet(errors) => writeln!(out, "{label} invalid {errors}"),
+            Case::InvalidOrder(e) => writeln!(out, "{label} order {e}"),
+            Case::Computed(Ok(res)) => {
+                computed += 1;
+                writeln!(out, "{label} {}", serde_json::to_string(&res).unwrap())
+            }
+            Case::Computed(Err(e)) => writeln!(out, "{label} error {e:?}"),
+        }
+        .unwrap()
+    });
     (out, computed)
 }
 

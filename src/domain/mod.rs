@@ -18,4 +18,4 @@ pub mod ruleset;
 pub mod split;
 
 #[cfg(test)]
-mod corpus;
+pub(crate) mod corpus;

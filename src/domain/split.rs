@@ -121,15 +121,27 @@ pub(crate) fn sort_by_account<T>(
     }
 }
 
+impl Account {
+    /// The account's name in two parts, its kind's prefix and its id: `("merchant:",
+    /// "M1")`, `("platform", "")`. The name is their concatenation.
+    pub fn name_parts(&self) -> (&'static str, &str) {
+        match self {
+            Account::Platform => ("platform", ""),
+            Account::Merchant(i) => ("merchant:", i),
+            Account::Partner(i) => ("partner:", i),
+            Account::Channel(i) => ("channel:", i),
+            Account::Promoter(i) => ("promoter:", i),
+        }
+    }
+}
+
 impl fmt::Display for Account {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Account::Merchant(i) => write!(f, "merchant:{i}"),
-            Account::Platform => f.write_str("platform"),
-            Account::Partner(i) => write!(f, "partner:{i}"),
-            Account::Channel(i) => write!(f, "channel:{i}"),
-            Account::Promoter(i) => write!(f, "promoter:{i}"),
-        }
+        // Two plain writes: no format arguments to interpret (a store writes two account
+        // texts per share of every new order).
+        let (prefix, id) = self.name_parts();
+        f.write_str(prefix)?;
+        f.write_str(id)
     }
 }
 

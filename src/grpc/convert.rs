@@ -107,7 +107,8 @@ pub fn raw_order(o: &pb::Order) -> Result<RawOrder, FieldError> {
     })
 }
 
-fn kind(k: ShareKind) -> i32 {
+/// A share kind as the proto enum's number.
+pub(crate) fn kind(k: ShareKind) -> i32 {
     (match k {
         ShareKind::MerchantResidual => pb::ShareKind::MerchantResidual,
         ShareKind::ChannelFee => pb::ShareKind::ChannelFee,

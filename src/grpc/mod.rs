@@ -3,6 +3,7 @@
 //! errors to statuses in one place ([`error`]).
 
 pub mod convert;
+pub mod encode;
 pub mod error;
 pub mod pb;
 pub mod services;

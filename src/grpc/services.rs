@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 use bytes::Bytes;
 
 use super::convert;
+use super::encode;
 use super::pb;
 use super::pb::network_service_server::NetworkService;
 use super::pb::rule_service_server::RuleService;
@@ -46,7 +47,7 @@ fn invalid(e: FieldError) -> Status {
 fn encoded(stored: &CachedSplit) -> Bytes {
     stored
         .encoded
-        .get_or_init(|| wire::encode_split(&convert::split(&stored.result)))
+        .get_or_init(|| encode::split(&stored.result))
         .clone()
 }
 

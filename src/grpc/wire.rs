@@ -94,11 +94,6 @@ split_response!(
     GetSplitResponse
 );
 
-/// The encoding of a `Split` message, as [`ComputeResponse::encoded`] sends it.
-pub fn encode_split(split: &pb::Split) -> Bytes {
-    Bytes::from(prost::Message::encode_to_vec(split))
-}
-
 /// `prorata.v1.ComputeRequest` as the server of Compute and ComputeStream receives it: the
 /// bytes it arrived as, decoded on demand ([`ComputeRequest::decode_message`]). A retry
 /// that sends the same bytes as an earlier, confirmed replay is answered from those bytes
@@ -242,7 +237,7 @@ mod tests {
             split: Some(split()),
             encoded_split: None,
         };
-        let replayed = ComputeResponse::encoded(encode_split(&split()));
+        let replayed = ComputeResponse::encoded(Bytes::from(split().encode_to_vec()));
         assert_eq!(fresh.encode_to_vec(), replayed.encode_to_vec());
         assert_eq!(fresh.encoded_len(), replayed.encoded_len());
         assert_eq!(replayed.encoded_len(), replayed.encode_to_vec().len());

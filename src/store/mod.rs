@@ -7,6 +7,7 @@
 
 mod batch;
 pub mod postgres;
+pub mod result_json;
 pub mod sqlite;
 mod sqlite_bulk;
 
@@ -650,7 +651,7 @@ pub(crate) fn decode_result(json: &str) -> Result<SplitResult> {
 /// Encodes a result for storage after checking its invariants (before every write).
 pub(crate) fn encode_result(r: &SplitResult) -> Result<String> {
     r.check()?;
-    serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))
+    Ok(result_json::write(r))
 }
 
 /// Parses a stored canary column.
