@@ -496,7 +496,7 @@ pub(crate) fn unusual_result() -> SplitResult {
         },
         ChainMember {
             level: 2,
-            promoter: "P2".into(),
+            promoter: "P".repeat(200).into(),
             status: "frozen".into(),
             grade: "".into(),
         },
@@ -513,7 +513,6 @@ pub(crate) fn unusual_result() -> SplitResult {
             primary: false,
         },
     ];
-    base.chain[1].promoter = "P".repeat(200).into();
     base
 }
 

@@ -48,12 +48,43 @@ impl Currency {
 
     /// Renders minor units as a decimal string in major units ("129.90", "806").
     pub fn format(&self, minor: i64) -> String {
-        Decimal::new(minor, self.exponent).to_string()
+        let mut s = String::new();
+        push_major(&mut s, minor, self.exponent);
+        s
     }
 
     /// Converts a decimal in major units to exact minor units (not necessarily whole).
     pub fn major_to_minor(&self, major: &Exact) -> Exact {
         major.mul(&Exact::int(i128::from(self.minor_per_major())))
+    }
+}
+
+/// Largest exponent [`push_major`] renders itself: 10^18 fits in a u64.
+const MAX_DIGITS_EXPONENT: u32 = 18;
+
+/// Appends `minor` × 10^−`exponent` with `exponent` fraction digits: the text of
+/// `Decimal::new(minor, exponent)` ("583.64", "0.05", "-1.20", "806"), written from the
+/// integer's digits (a result renders one per share and total).
+pub fn push_major(out: &mut String, minor: i64, exponent: u32) {
+    if exponent > MAX_DIGITS_EXPONENT {
+        // Exponents no currency has: the general rendering.
+        out.push_str(&Decimal::new(minor, exponent).to_string());
+        return;
+    }
+    let abs = minor.unsigned_abs();
+    let scale = 10u64.pow(exponent);
+    if minor < 0 {
+        out.push('-');
+    }
+    let mut digits = itoa::Buffer::new();
+    out.push_str(digits.format(abs / scale));
+    if exponent > 0 {
+        out.push('.');
+        let frac = digits.format(abs % scale);
+        for _ in frac.len()..exponent as usize {
+            out.push('0');
+        }
+        out.push_str(frac);
     }
 }
 
@@ -136,6 +167,30 @@ pub fn parse_decimal(text: &str) -> Option<Decimal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_major_is_rust_decimals_text() {
+        let mut values = vec![0, 1, -1, 5, 9, 10, 99, 100, 101, 12_345, -12_345, 1_000_000];
+        values.extend([i64::MAX, i64::MIN, i64::MAX - 1, i64::MIN + 1]);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..2_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            values.push((x >> (x % 64)) as i64);
+        }
+        for exponent in 0..=MAX_DIGITS_EXPONENT + 2 {
+            for &v in &values {
+                let mut out = String::from("x");
+                push_major(&mut out, v, exponent);
+                assert_eq!(
+                    out,
+                    format!("x{}", Decimal::new(v, exponent)),
+                    "{v} at exponent {exponent}"
+                );
+            }
+        }
+    }
 
     fn cny() -> Currency {
         Currency::parse("CNY").unwrap()

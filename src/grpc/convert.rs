@@ -121,7 +121,11 @@ pub(crate) fn kind(k: ShareKind) -> i32 {
 fn fmt(currency: Option<Currency>, exponent: u32, minor: i64) -> String {
     match currency {
         Some(c) => c.format(minor),
-        None => rust_decimal::Decimal::new(minor, exponent).to_string(),
+        None => {
+            let mut s = String::new();
+            crate::domain::money::push_major(&mut s, minor, exponent);
+            s
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use prost::encoding::encode_varint;
 
 use super::convert;
-use crate::domain::money::Currency;
+use crate::domain::money::{self, Currency};
 use crate::domain::split::{Account, Explanation, LineSplit, Share, SplitResult};
 
 /// Wire types of the protobuf encoding used here.
@@ -25,7 +25,10 @@ const HEAD_MAX: usize = 20;
 /// The encoding of `convert::split(r)`.
 pub fn split(r: &SplitResult) -> Bytes {
     // About 1.5 KB for a 2-line, 5-level result: one allocation in the common case.
-    let mut w = Writer(Vec::with_capacity(2048));
+    let mut w = Writer {
+        out: Vec::with_capacity(2048),
+        text: String::new(),
+    };
     let exponent = Currency::parse(&r.currency).map_or(r.exponent, |c| c.exponent());
     w.str(1, &r.order_id);
     w.str(2, &r.merchant);
@@ -65,7 +68,7 @@ pub fn split(r: &SplitResult) -> Bytes {
     w.str(13, &r.fingerprint);
     w.timestamp(14, r.computed_at);
     w.int64(15, r.paid);
-    Bytes::from(w.0)
+    Bytes::from(w.out)
 }
 
 fn line(w: &mut Writer, l: &LineSplit, exponent: u32) {
@@ -106,17 +109,22 @@ fn explanation(w: &mut Writer, e: &Explanation) {
 
 /// A message being written; every method skips a field at its default value, as proto3
 /// (and prost) encodes scalars and strings.
-struct Writer(Vec<u8>);
+struct Writer {
+    /// The message's bytes.
+    out: Vec<u8>,
+    /// Reused for decimal amounts.
+    text: String,
+}
 
 impl Writer {
     fn key(&mut self, field: u32, wire_type: u32) {
-        encode_varint(u64::from(field << 3 | wire_type), &mut self.0);
+        encode_varint(u64::from(field << 3 | wire_type), &mut self.out);
     }
 
     fn uint(&mut self, field: u32, v: u64) {
         if v != 0 {
             self.key(field, VARINT);
-            encode_varint(v, &mut self.0);
+            encode_varint(v, &mut self.out);
         }
     }
 
@@ -128,7 +136,7 @@ impl Writer {
     fn boolean(&mut self, field: u32, v: bool) {
         if v {
             self.key(field, VARINT);
-            self.0.push(1);
+            self.out.push(1);
         }
     }
 
@@ -141,22 +149,22 @@ impl Writer {
     /// An element of a repeated string: written even when empty.
     fn element(&mut self, field: u32, s: &str) {
         self.key(field, LEN);
-        encode_varint(s.len() as u64, &mut self.0);
-        self.0.extend_from_slice(s.as_bytes());
+        encode_varint(s.len() as u64, &mut self.out);
+        self.out.extend_from_slice(s.as_bytes());
     }
 
     /// A length-delimited field whose value is written by `body`, then prefixed with its
     /// key and length (moving the value, not writing it twice).
     fn message(&mut self, field: u32, body: impl FnOnce(&mut Writer)) {
-        let start = self.0.len();
+        let start = self.out.len();
         body(self);
-        let len = self.0.len() - start;
+        let len = self.out.len() - start;
         let mut head = [0u8; HEAD_MAX];
         let mut h = &mut head[..];
         encode_varint(u64::from(field << 3 | LEN), &mut h);
         encode_varint(len as u64, &mut h);
         let used = HEAD_MAX - h.len();
-        self.0.splice(start..start, head[..used].iter().copied());
+        self.out.splice(start..start, head[..used].iter().copied());
     }
 
     /// A `google.protobuf.Timestamp`, always present (as `convert::timestamp` sets it).
@@ -171,62 +179,19 @@ impl Writer {
     fn account(&mut self, field: u32, a: &Account) {
         let (kind, id) = a.name_parts();
         self.key(field, LEN);
-        encode_varint((kind.len() + id.len()) as u64, &mut self.0);
-        self.0.extend_from_slice(kind.as_bytes());
-        self.0.extend_from_slice(id.as_bytes());
+        encode_varint((kind.len() + id.len()) as u64, &mut self.out);
+        self.out.extend_from_slice(kind.as_bytes());
+        self.out.extend_from_slice(id.as_bytes());
     }
 
-    /// Minor units as a decimal in major units with `exponent` fraction digits: the text of
-    /// `rust_decimal::Decimal::new(minor, exponent)` ("583.64", "0.05", "-1.20", "806").
+    /// Minor units as a decimal in major units (`money::push_major`).
     fn decimal(&mut self, field: u32, minor: i64, exponent: u32) {
-        let mut text = [0u8; 48];
-        let n = decimal_text(minor, exponent, &mut text);
-        match n {
-            Some(n) => self.str(
-                field,
-                std::str::from_utf8(&text[..n]).expect("ASCII digits"),
-            ),
-            // Exponents no currency has: the general rendering.
-            None => self.str(
-                field,
-                &rust_decimal::Decimal::new(minor, exponent).to_string(),
-            ),
-        }
+        let mut text = std::mem::take(&mut self.text);
+        text.clear();
+        money::push_major(&mut text, minor, exponent);
+        self.str(field, &text);
+        self.text = text;
     }
-}
-
-/// Largest exponent rendered by [`decimal_text`]: 10^18 fits in a u64.
-const MAX_FAST_EXPONENT: u32 = 18;
-
-/// Writes the decimal text of `minor` × 10^−`exponent` into `out`; its length, or `None`
-/// when the exponent is beyond [`MAX_FAST_EXPONENT`].
-fn decimal_text(minor: i64, exponent: u32, out: &mut [u8; 48]) -> Option<usize> {
-    if exponent > MAX_FAST_EXPONENT {
-        return None;
-    }
-    let abs = minor.unsigned_abs();
-    let scale = 10u64.pow(exponent);
-    let (int, frac) = (abs / scale, abs % scale);
-    let mut n = 0;
-    if minor < 0 {
-        out[n] = b'-';
-        n += 1;
-    }
-    let mut digits = itoa::Buffer::new();
-    let int = digits.format(int).as_bytes();
-    out[n..n + int.len()].copy_from_slice(int);
-    n += int.len();
-    if exponent > 0 {
-        out[n] = b'.';
-        n += 1;
-        let frac = digits.format(frac).as_bytes();
-        let zeros = exponent as usize - frac.len();
-        out[n..n + zeros].fill(b'0');
-        n += zeros;
-        out[n..n + frac.len()].copy_from_slice(frac);
-        n += frac.len();
-    }
-    Some(n)
 }
 
 #[cfg(test)]
@@ -290,30 +255,5 @@ mod tests {
             change(&mut r);
             assert_eq!(split(&r)[..], prost_bytes(&r)[..], "case {i}");
         }
-    }
-
-    #[test]
-    fn decimal_text_is_rust_decimals() {
-        let mut values = vec![0, 1, -1, 5, 9, 10, 99, 100, 101, 12_345, -12_345, 1_000_000];
-        values.extend([i64::MAX, i64::MIN, i64::MAX - 1, i64::MIN + 1]);
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        for _ in 0..2_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            values.push((x >> (x % 64)) as i64);
-        }
-        for exponent in 0..=MAX_FAST_EXPONENT {
-            for &v in &values {
-                let mut out = [0u8; 48];
-                let n = decimal_text(v, exponent, &mut out).expect("fast path");
-                assert_eq!(
-                    std::str::from_utf8(&out[..n]).unwrap(),
-                    rust_decimal::Decimal::new(v, exponent).to_string(),
-                    "{v} at exponent {exponent}"
-                );
-            }
-        }
-        assert_eq!(decimal_text(1, MAX_FAST_EXPONENT + 1, &mut [0; 48]), None);
     }
 }
