@@ -1,6 +1,6 @@
 #!/bin/bash
 # benches/ab/durable.sh BIN PORT NAME [VAR=value...]: durable Compute of unique 2-line orders, 64 in
-# flight (C), 8 s (DUR), orders paid about in sequence (PAID=live) or at random in the month (PAID=month),
+# flight (C) or open loop at RATE orders/s, 8 s (DUR), orders paid about in sequence (PAID=live) or at random in the month (PAID=month),
 # on a fresh SQLite file (or PRORATA_DATABASE_URL=...); output in /tmp/dur/NAME.
 # Prints the bench's summary and, from the server's metrics (port PORT+1000) after the run, the
 # mean batch and the mean time per batch of each group-commit phase (warm-up included).
@@ -10,9 +10,11 @@ MPORT=$((PORT + 1000))
 env PRORATA_SQLITE_PATH=$D/db.sqlite "$@" PRORATA_METRICS_ADDR=127.0.0.1:$MPORT PRORATA_GRPC_ADDR=127.0.0.1:$PORT PRORATA_LOG_LEVEL=warn $BIN serve > $D/server.log 2>&1 &
 SP=$!
 for i in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
-B() { $BIN bench --addr http://127.0.0.1:$PORT --mode closed "$@"; }
-B --duration 0.2 --warmup 0 --concurrency 1 --connections 1 --scenario empty --setup > $D/setup.txt 2>&1
-B --concurrency ${C:-64} --connections 4 --duration ${DUR:-8} --warmup 2 --scenario compute --lines 2 --refund-ratio 0 --paid-at ${PAID:-live} > $D/compute.txt 2>&1
+B() { $BIN bench --addr http://127.0.0.1:$PORT "$@"; }
+B --mode closed --duration 0.2 --warmup 0 --concurrency 1 --connections 1 --scenario empty --setup > $D/setup.txt 2>&1
+# RATE=n: open loop at n orders/s (latency from each order's scheduled send time); else closed at C.
+LOOP="--mode closed"; [ -n "$RATE" ] && LOOP="--mode open --rate $RATE"
+B $LOOP --concurrency ${C:-64} --connections 4 --duration ${DUR:-8} --warmup 2 --scenario compute --lines 2 --refund-ratio 0 --paid-at ${PAID:-live} > $D/compute.txt 2>&1
 curl -s 127.0.0.1:$MPORT/metrics > $D/metrics.txt
 kill $SP; wait $SP 2>/dev/null
 echo "$NAME: $(grep '^ok calls' $D/compute.txt) | $(grep -A1 '^call' $D/compute.txt | tail -1)"
