@@ -48,9 +48,7 @@ impl Currency {
 
     /// Renders minor units as a decimal string in major units ("129.90", "806").
     pub fn format(&self, minor: i64) -> String {
-        let mut s = String::new();
-        push_major(&mut s, minor, self.exponent);
-        s
+        major_text(minor, self.exponent)
     }
 
     /// Converts a decimal in major units to exact minor units (not necessarily whole).
@@ -86,6 +84,13 @@ pub fn push_major(out: &mut String, minor: i64, exponent: u32) {
         }
         out.push_str(frac);
     }
+}
+
+/// [`push_major`] into a new string.
+pub fn major_text(minor: i64, exponent: u32) -> String {
+    let mut s = String::new();
+    push_major(&mut s, minor, exponent);
+    s
 }
 
 impl fmt::Display for Currency {

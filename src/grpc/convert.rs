@@ -118,15 +118,9 @@ pub(crate) fn kind(k: ShareKind) -> i32 {
     }) as i32
 }
 
+/// `minor` in major units: with the currency's exponent when it is known, else `exponent`.
 fn fmt(currency: Option<Currency>, exponent: u32, minor: i64) -> String {
-    match currency {
-        Some(c) => c.format(minor),
-        None => {
-            let mut s = String::new();
-            crate::domain::money::push_major(&mut s, minor, exponent);
-            s
-        }
-    }
+    crate::domain::money::major_text(minor, currency.map_or(exponent, |c| c.exponent()))
 }
 
 /// Account amounts with their decimal rendering.
