@@ -465,13 +465,58 @@ fn platform_rate(rs: &RuleSet, rule: Option<&Rule>, order: &Order, ctx: &Context
     (rs.platform_rate.clone(), Text::const_new(""))
 }
 
-/// One commission piece before rounding.
+/// One commission piece: its explanation is already in its share ([`Piece::share`],
+/// [`Piece::explanation`]); the amounts beside it are what stages 8–9 work on.
 struct Piece {
-    promoter: Text,
     exact: Exact,
     /// Its rounded amount (stage 8b), then guarded (stage 9).
     rounded: i64,
-    expl: Explanation,
+    /// Index of the promoter's share in the line's shares.
+    share: usize,
+    /// Index of the piece's explanation in that share.
+    explanation: usize,
+}
+
+/// The pieces of a line: at most one per level and level-1 promoter, kept on the stack.
+type Pieces = smallvec::SmallVec<[Piece; 8]>;
+
+/// The explanation of a piece in the line's shares.
+fn explanation<'s>(shares: &'s mut [Share], p: &Piece) -> &'s mut Explanation {
+    &mut shares[p.share].explanations[p.explanation]
+}
+
+/// Adds a commission piece of `promoter` to the line's shares: to the promoter's share
+/// when an earlier level already gave it one (from `first_promoter` on), else as a new
+/// share, so that its explanation is written once, where it stays.
+#[inline(always)]
+fn push_piece(
+    shares: &mut Vec<Share>,
+    first_promoter: usize,
+    pieces: &mut Pieces,
+    promoter: &str,
+    exact: Exact,
+    e: Explanation,
+) {
+    let known = shares[first_promoter..]
+        .iter()
+        .position(|s| matches!(&s.account, Account::Promoter(id) if same_id(id, promoter)));
+    let (share, explanation) = match known {
+        Some(i) => {
+            let s = &mut shares[first_promoter + i];
+            s.explanations.push(e);
+            (first_promoter + i, s.explanations.len() - 1)
+        }
+        None => {
+            shares.push(share(Account::Promoter(Text::from(promoter)), 0, e));
+            (shares.len() - 1, 0)
+        }
+    };
+    pieces.push(Piece {
+        exact,
+        rounded: 0,
+        share,
+        explanation,
+    });
 }
 
 /// The exact amount of a level, the rate shown for it and the adjustments in it.
@@ -546,20 +591,23 @@ fn commission_pieces(
     chain: &[Level],
     ctx: &Context,
     notes: &mut Vec<String>,
-) -> Vec<Piece> {
+    shares: &mut Vec<Share>,
+    pieces: &mut Pieces,
+) {
     let order = facts.order;
     let base_x = Exact::int(i128::from(base));
-    let adjustments: Vec<&Adjustment> = if matches!(rule.schedule, Schedule::Fixed(_)) {
-        Vec::new()
-    } else {
-        rs.adjustments
-            .iter()
-            .filter(|a| matches(&a.when, facts, line))
-            .collect()
-    };
+    let adjustments: smallvec::SmallVec<[&Adjustment; 4]> =
+        if matches!(rule.schedule, Schedule::Fixed(_)) {
+            smallvec::SmallVec::new()
+        } else {
+            rs.adjustments
+                .iter()
+                .filter(|a| matches(&a.when, facts, line))
+                .collect()
+        };
     let level = |k: u32| level_amount(k, rule, &adjustments, order, line, &base_x, ctx);
     let levels = rule.schedule.len().min(rs.max_levels as usize);
-    let mut pieces = Vec::with_capacity(att.weights.len() + levels.saturating_sub(1));
+    let first_promoter = shares.len();
     let expl = |level: u32, rate: Text, ids: Vec<Text>| {
         let mut e = Explanation::of(ShareKind::Commission, base);
         e.rule_id = Text::from(rule.id.as_str());
@@ -590,12 +638,13 @@ fn commission_pieces(
             };
             let mut e = expl(1, rate, ids);
             e.weight = w.weight.to_text();
-            pieces.push(Piece {
-                promoter: Text::from(w.node.id.as_str()),
-                exact: amount1.mul(&w.weight),
-                rounded: 0,
-                expl: e,
-            });
+            // A single promoter's weight is 1: x·1 is x exactly.
+            let exact = if w.weight.is_one() {
+                amount1.clone()
+            } else {
+                amount1.mul(&w.weight)
+            };
+            push_piece(shares, first_promoter, pieces, &w.node.id, exact, e);
         }
     }
     for k in 2..=levels as u32 {
@@ -604,12 +653,7 @@ fn commission_pieces(
                 let (amount, rate, ids) = level(k);
                 let mut e = expl(k, rate, ids);
                 e.compressed = l.compressed;
-                pieces.push(Piece {
-                    promoter: Text::from(l.node.id.as_str()),
-                    exact: amount,
-                    rounded: 0,
-                    expl: e,
-                });
+                push_piece(shares, first_promoter, pieces, &l.node.id, amount, e);
             }
             Some(l) => notes.push(format!(
                 "line {}: level {k} ancestor {} is {}; its share stays with the merchant",
@@ -618,9 +662,9 @@ fn commission_pieces(
             None => {}
         }
     }
-    pieces
 }
 
+#[inline(always)]
 fn share(account: Account, amount: i64, e: Explanation) -> Share {
     Share {
         account,
@@ -660,44 +704,93 @@ fn split_line(
         take_detail = Text::const_new("clamped so that fee + take never exceed the line");
     }
     let take_x = Exact::int(i128::from(take));
-    let mut partner_amounts: Vec<(Text, i64, Explanation)> = Vec::with_capacity(rs.partners.len());
+    // The shares in the fixed account order: merchant, platform, partners, channel, then
+    // promoters. The merchant's and the platform's amounts are set once known.
+    let mut shares = Vec::with_capacity(
+        3 + rs.partners.len() + att.weights.len() + (rs.max_levels as usize).saturating_sub(1),
+    );
+    shares.push(share(
+        Account::Merchant(Text::from(order.merchant.as_str())),
+        0,
+        Explanation::of(ShareKind::MerchantResidual, d),
+    ));
+    let mut pe = Explanation::of(ShareKind::PlatformTake, d);
+    pe.rate = p_rate.text;
+    pe.exact = take_exact.to_text();
+    pe.detail = take_detail;
+    shares.push(share(Account::Platform, 0, pe));
+    const PLATFORM: usize = 1;
     for p in &rs.partners {
         let exact = p.share.value.mul(&take_x);
         let amount = round(&exact, rs.rounding)?;
         let mut e = Explanation::of(ShareKind::Partner, take);
         e.rate = p.share.text.clone();
         e.exact = exact.to_text();
-        partner_amounts.push((Text::from(p.id.as_str()), amount, e));
+        shares.push(share(Account::Partner(Text::from(p.id.as_str())), amount, e));
     }
-    let partner_sum: i64 = partner_amounts.iter().map(|p| p.1).sum();
+    let partners = &mut shares[PLATFORM + 1..];
+    let partner_sum: i64 = partners.iter().map(|p| p.amount).sum();
     if partner_sum > take {
         // Rounding up can only overshoot by a few minor units; scale down like the guard.
-        for p in &mut partner_amounts {
-            p.1 = (i128::from(p.1) * i128::from(take) / i128::from(partner_sum)) as i64;
-            p.2.guarded = true;
+        for p in partners.iter_mut() {
+            p.amount = (i128::from(p.amount) * i128::from(take) / i128::from(partner_sum)) as i64;
+            p.explanations[0].guarded = true;
         }
     }
-    let partner_sum: i64 = partner_amounts.iter().map(|p| p.1).sum();
-    // Stages 5–8: commissions.
-    let mut pieces = match rule {
-        Some(rule) if !att.weights.is_empty() => {
-            commission_pieces(rs, rule, facts, line, base, att, chain, ctx, notes)
+    let partner_sum: i64 = partners.iter().map(|p| p.amount).sum();
+    let platform = &mut shares[PLATFORM];
+    platform.amount = take - partner_sum;
+    if partner_sum > 0 {
+        // "<detail>; keeps N after partners", or without the "; " when there is no detail.
+        let pe = &mut platform.explanations[0];
+        let mut detail = Text::with_capacity(pe.detail.len() + 40);
+        detail.push_str(&pe.detail);
+        if !pe.detail.is_empty() {
+            detail.push_str("; ");
         }
-        _ => Vec::new(),
-    };
-    let total = pieces.iter().fold(Exact::zero(), |s, p| s.add(&p.exact));
-    if let Some(cap) = &rs.cap {
+        detail.push_str("keeps ");
+        push_int(&mut detail, take - partner_sum);
+        detail.push_str(" after partners");
+        pe.detail = detail;
+    }
+    let mut fe = Explanation::of(ShareKind::ChannelFee, d);
+    fe.rate = fee_rate.text.clone();
+    fe.exact = fee_exact.to_text();
+    shares.push(share(
+        Account::Channel(Text::from(order.channel_id())),
+        fee,
+        fe,
+    ));
+    // Stages 5–8: commissions.
+    let mut pieces = Pieces::new();
+    if let Some(rule) = rule.filter(|_| !att.weights.is_empty()) {
+        commission_pieces(
+            rs,
+            rule,
+            facts,
+            line,
+            base,
+            att,
+            chain,
+            ctx,
+            notes,
+            &mut shares,
+            &mut pieces,
+        );
+    }
+    if let (Some(cap), Some((first, rest))) = (&rs.cap, pieces.split_first()) {
+        let total = rest.iter().fold(first.exact.clone(), |s, p| s.add(&p.exact));
         let limit = cap.mul(&Exact::int(i128::from(base)));
         if total > limit {
             let factor = limit.div(&total).expect("total > limit ≥ 0");
             for p in &mut pieces {
                 p.exact = p.exact.mul(&factor);
-                p.expl.capped = true;
+                explanation(&mut shares, p).capped = true;
             }
         }
     }
     for p in &mut pieces {
-        p.expl.exact = p.exact.to_text();
+        explanation(&mut shares, p).exact = p.exact.to_text();
         p.rounded = round(&p.exact, rs.rounding)?.max(0);
     }
     // Stage 9: guard.
@@ -709,63 +802,16 @@ fn split_line(
     if promoters > avail {
         for p in &mut pieces {
             p.rounded = (i128::from(p.rounded) * i128::from(avail) / i128::from(promoters)) as i64;
-            p.expl.guarded = true;
+            explanation(&mut shares, p).guarded = true;
         }
     }
-    let promoters: i64 = pieces.iter().map(|p| p.rounded).sum();
+    let mut promoters: i64 = 0;
+    for p in &pieces {
+        shares[p.share].amount += p.rounded;
+        promoters += p.rounded;
+    }
     // Stage 10: merchant residual.
-    let merchant = d - fee - take - promoters;
-    let mut shares = Vec::with_capacity(3 + partner_amounts.len() + pieces.len());
-    shares.push(share(
-        Account::Merchant(Text::from(order.merchant.as_str())),
-        merchant,
-        Explanation::of(ShareKind::MerchantResidual, d),
-    ));
-    let mut pe = Explanation::of(ShareKind::PlatformTake, d);
-    pe.rate = p_rate.text;
-    pe.exact = take_exact.to_text();
-    pe.detail = take_detail;
-    if partner_sum > 0 {
-        // "<detail>; keeps N after partners", or without the "; " when there is no detail.
-        let mut detail = Text::with_capacity(pe.detail.len() + 40);
-        detail.push_str(&pe.detail);
-        if !pe.detail.is_empty() {
-            detail.push_str("; ");
-        }
-        detail.push_str("keeps ");
-        push_int(&mut detail, take - partner_sum);
-        detail.push_str(" after partners");
-        pe.detail = detail;
-    }
-    shares.push(share(Account::Platform, take - partner_sum, pe));
-    for (id, amount, e) in partner_amounts {
-        shares.push(share(Account::Partner(id), amount, e));
-    }
-    let mut fe = Explanation::of(ShareKind::ChannelFee, d);
-    fe.rate = fee_rate.text.clone();
-    fe.exact = fee_exact.to_text();
-    shares.push(share(
-        Account::Channel(Text::from(order.channel_id())),
-        fee,
-        fe,
-    ));
-    let first_promoter = shares.len();
-    for p in pieces {
-        let known = shares[first_promoter..]
-            .iter_mut()
-            .find(|s| matches!(&s.account, Account::Promoter(id) if same_id(id, &p.promoter)));
-        match known {
-            Some(s) => {
-                s.amount += p.rounded;
-                s.explanations.push(p.expl);
-            }
-            None => shares.push(Share {
-                account: Account::Promoter(p.promoter),
-                amount: p.rounded,
-                explanations: smallvec::smallvec![p.expl],
-            }),
-        }
-    }
+    shares[0].amount = d - fee - take - promoters;
     shares.retain(|s| s.amount != 0 || matches!(s.account, Account::Merchant(_)));
     Ok(LineSplit {
         line_id: Text::from(line.id.as_str()),
@@ -867,7 +913,7 @@ pub fn compute_with(
     }
     // Promoters' lowest level in the order fixes their place in the account order. The
     // ids are copied (inline, no allocation): the shares they come from are sorted next.
-    let mut level_of: Vec<(Text, u32)> = Vec::with_capacity(chain.len() + att.weights.len());
+    let mut level_of: smallvec::SmallVec<[(Text, u32); 8]> = smallvec::SmallVec::new();
     for l in &lines {
         for s in &l.shares {
             if let Account::Promoter(id) = &s.account {
@@ -894,18 +940,30 @@ pub fn compute_with(
         Vec::with_capacity(lines.first().map_or(0, |l| l.shares.len()) + 1);
     for l in &mut lines {
         sort_by_account(&mut l.shares, |s| &s.account, &lvl);
+        // Lines list their accounts in the same order: each search starts after the
+        // previous match, and usually succeeds at once.
+        let mut next = 0;
         for s in &l.shares {
-            match totals.iter_mut().find(|t| t.account.same(&s.account)) {
-                Some(t) => {
+            let n = totals.len();
+            let found = (next..n)
+                .chain(0..next.min(n))
+                .find(|&i| totals[i].account.same(&s.account));
+            match found {
+                Some(i) => {
+                    let t = &mut totals[i];
                     t.amount = t
                         .amount
                         .checked_add(s.amount)
-                        .ok_or(EngineError::Overflow)?
+                        .ok_or(EngineError::Overflow)?;
+                    next = i + 1;
                 }
-                None => totals.push(AccountAmount {
-                    account: s.account.clone(),
-                    amount: s.amount,
-                }),
+                None => {
+                    totals.push(AccountAmount {
+                        account: s.account.clone(),
+                        amount: s.amount,
+                    });
+                    next = n + 1;
+                }
             }
         }
     }
@@ -1122,6 +1180,97 @@ mod tests {
                 others.iter().any(|c| split(doc, c.clone()).1 != base),
                 "{doc}: no context changed the split"
             );
+        }
+    }
+
+    /// A promoter who earns twice on a line (a level-1 weight and, as the primary
+    /// promoter's parent, level 2) gets one share with both explanations, summing both
+    /// rounded pieces; a binding cap marks each piece where it is written.
+    #[test]
+    fn a_promoter_at_two_levels_gets_one_share_with_both_pieces() {
+        let at = |d: u32| chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, d, 0, 0, 0).unwrap();
+        let raw = RawOrder {
+            id: "O2".into(),
+            merchant: "M1".into(),
+            buyer: "B1".into(),
+            paid_at: Some(at(2)),
+            currency: "CNY".into(),
+            channel: "alipay".into(),
+            tags: vec![],
+            referrals: vec![
+                crate::domain::order::RawReferral {
+                    promoter: "PA".into(),
+                    at: Some(at(1)),
+                },
+                crate::domain::order::RawReferral {
+                    promoter: "PC".into(),
+                    at: Some(at(2)),
+                },
+            ],
+            shipping: RawAmount::Absent,
+            lines: vec![RawLine {
+                id: "L1".into(),
+                sku: "S".into(),
+                category: "a".into(),
+                quantity: 1,
+                unit_price: RawAmount::Minor(10_001),
+                ..Default::default()
+            }],
+        };
+        let order = Order::parse(&raw, "order").unwrap();
+        let mut snap = NetworkSnapshot::default();
+        for (id, parent) in [("PA", None), ("PC", Some("PA"))] {
+            snap.insert(PromoterNode {
+                id: id.into(),
+                parent: parent.map(Into::into),
+                grade: None,
+                status: Status::Active,
+            });
+        }
+        let inputs = Inputs {
+            network: &snap,
+            context: Context::default(),
+            ruleset_version: 1,
+            fingerprint: String::new(),
+            now: at(2),
+        };
+        let split = |doc: &str| {
+            let rs = ruleset::compile(doc).ruleset.unwrap();
+            compute(&order, &rs, &inputs).unwrap()
+        };
+        let levels = "attribution: {model: linear}\nrules: [{id: r, levels: ['0.10', '0.05']}]";
+        for (doc, capped) in [
+            (levels.to_string(), false),
+            // 3 pieces of 500.05 against a limit of 750.075: each is halved.
+            (format!("cap: '0.075'\n{levels}"), true),
+        ] {
+            let r = split(&doc);
+            let shares = &r.lines[0].shares;
+            let pa: Vec<&Share> = shares
+                .iter()
+                .filter(|s| s.account == Account::Promoter("PA".into()))
+                .collect();
+            assert_eq!(pa.len(), 1, "{doc}: {shares:?}");
+            let levels: Vec<u32> = pa[0].explanations.iter().map(|e| e.level).collect();
+            assert_eq!(levels, [1, 2], "{doc}");
+            assert!(pa[0].explanations.iter().all(|e| e.capped == capped), "{doc}");
+            // Each piece rounds on its own (down), and the share is their sum.
+            let rounded: i64 = pa[0]
+                .explanations
+                .iter()
+                .map(|e| e.exact.parse::<rust_decimal::Decimal>().unwrap().trunc())
+                .map(|d| i64::try_from(d.mantissa()).unwrap())
+                .sum();
+            assert_eq!(pa[0].amount, rounded, "{doc}");
+            // 10,001 × 0.10 × 1/2 = 500.05 and 10,001 × 0.05 = 500.05: 500 + 500, or
+            // 250 + 250 when capped.
+            assert_eq!(pa[0].amount, if capped { 500 } else { 1000 }, "{doc}");
+            let pc = shares
+                .iter()
+                .find(|s| s.account == Account::Promoter("PC".into()))
+                .unwrap();
+            assert_eq!(pc.explanations.len(), 1);
+            assert_eq!(pc.explanations[0].capped, capped);
         }
     }
 

@@ -675,7 +675,7 @@ pub struct RuleSet {
     /// Fee rate for unlisted channels.
     pub fee_default: Rate,
     /// Fee rate per channel.
-    pub fee_by_channel: HashMap<String, Rate>,
+    pub fee_by_channel: HashMap<String, Rate, foldhash::fast::RandomState>,
     /// Platform rate.
     pub platform_rate: Rate,
     /// Platform ladder (instead of the rate).
@@ -1035,7 +1035,7 @@ impl Validator {
                 |m, r| if *r > m { r.clone() } else { m },
             );
         let fee_default = Rate::new(fee_default);
-        let fee_by_channel: HashMap<String, Rate> = fee_by_channel
+        let fee_by_channel: HashMap<String, Rate, foldhash::fast::RandomState> = fee_by_channel
             .into_iter()
             .map(|(ch, r)| (ch, Rate::new(r)))
             .collect();

@@ -28,10 +28,36 @@ pub enum Account {
 }
 
 /// `a == b` for ids. Ids that differ almost always differ in length or in their last
-/// byte (`P1`, `P2`), so the full comparison runs only when both agree.
+/// byte (`P1`, `P2`), so the full comparison runs only when both agree; and ids are
+/// short, so it compares machine words in place instead of calling `memcmp`.
 #[inline]
 pub(crate) fn same_id(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.as_bytes().last() == b.as_bytes().last() && a == b
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.last() == b.last() && same_bytes(a, b)
+}
+
+/// `a == b` for slices of the same length: up to 32 bytes as (overlapping) words.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn w8(x: &[u8], i: usize) -> u64 {
+        u64::from_ne_bytes(x[i..i + 8].try_into().expect("8 bytes"))
+    }
+    fn w4(x: &[u8], i: usize) -> u32 {
+        u32::from_ne_bytes(x[i..i + 4].try_into().expect("4 bytes"))
+    }
+    let n = a.len();
+    match n {
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..=7 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
+        8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
+        17..=32 => {
+            w8(a, 0) == w8(b, 0)
+                && w8(a, 8) == w8(b, 8)
+                && w8(a, n - 16) == w8(b, n - 16)
+                && w8(a, n - 8) == w8(b, n - 8)
+        }
+        _ => a == b,
+    }
 }
 
 impl Account {
@@ -382,17 +408,18 @@ impl SplitResult {
     /// Checks that every line's shares sum exactly to what was paid for it, no share is
     /// negative, and the totals are the sum of the lines.
     pub fn check(&self) -> Result<(), InvariantViolation> {
-        // Linear scans: an order has a handful of accounts; hashing them cost more. Every
-        // line lists its accounts in the same fixed order, so each search starts where the
-        // previous one matched and usually succeeds at once.
-        let mut totals: Vec<(&Account, i64)> = Vec::with_capacity(8);
-        let find = |totals: &[(&Account, i64)], from: usize, a: &Account| {
-            let (head, tail) = totals.split_at(from.min(totals.len()));
-            tail.iter()
-                .position(|t| t.0.same(a))
-                .map(|i| from + i)
-                .or_else(|| head.iter().position(|t| t.0.same(a)))
+        // Each share is added to the listed total of its account, found by a linear scan:
+        // an order has a handful of accounts, and every line lists them in the same fixed
+        // order as the totals, so each search starts after the previous match and almost
+        // always succeeds at once.
+        let n = self.totals.len();
+        let mut sums: smallvec::SmallVec<[i64; 16]> = smallvec::smallvec![0; n];
+        let find = |from: usize, a: &Account| {
+            (from..n)
+                .chain(0..from.min(n))
+                .find(|&i| self.totals[i].account.same(a))
         };
+        let overflow = || InvariantViolation("overflow".into());
         let mut paid: i64 = 0;
         for l in &self.lines {
             let mut sum: i64 = 0;
@@ -404,21 +431,15 @@ impl SplitResult {
                         l.line_id, s.account
                     )));
                 }
-                sum = sum
-                    .checked_add(s.amount)
-                    .ok_or_else(|| InvariantViolation("overflow".into()))?;
-                let idx = match find(&totals, next, &s.account) {
-                    Some(i) => i,
-                    None => {
-                        totals.push((&s.account, 0));
-                        totals.len() - 1
-                    }
-                };
-                next = idx + 1;
-                let t = &mut totals[idx].1;
-                *t = t
-                    .checked_add(s.amount)
-                    .ok_or_else(|| InvariantViolation("overflow".into()))?;
+                sum = sum.checked_add(s.amount).ok_or_else(overflow)?;
+                let i = find(next, &s.account).ok_or_else(|| {
+                    InvariantViolation(format!(
+                        "line {} pays {}, which has no total",
+                        l.line_id, s.account
+                    ))
+                })?;
+                next = i + 1;
+                sums[i] = sums[i].checked_add(s.amount).ok_or_else(overflow)?;
             }
             if sum != l.paid {
                 return Err(InvariantViolation(format!(
@@ -426,9 +447,7 @@ impl SplitResult {
                     l.line_id, l.paid
                 )));
             }
-            paid = paid
-                .checked_add(l.paid)
-                .ok_or_else(|| InvariantViolation("overflow".into()))?;
+            paid = paid.checked_add(l.paid).ok_or_else(overflow)?;
         }
         if paid != self.paid {
             return Err(InvariantViolation(format!(
@@ -436,19 +455,20 @@ impl SplitResult {
                 self.paid
             )));
         }
-        let listed: i64 = self.totals.iter().map(|t| t.amount).sum();
-        if listed != paid {
-            return Err(InvariantViolation(format!(
-                "totals sum to {listed}, the order paid {paid}"
-            )));
-        }
-        let mut next = 0;
-        for t in &self.totals {
-            let found = find(&totals, next, &t.account);
-            next = found.map_or(next, |i| i + 1);
-            if found.map_or(0, |i| totals[i].1) != t.amount {
+        // Every share went to exactly one listed total, so when each total equals what its
+        // lines sum to, the totals sum to what was paid.
+        for (i, t) in self.totals.iter().enumerate() {
+            if sums[i] != t.amount {
                 return Err(InvariantViolation(format!(
                     "total of {} does not match its lines",
+                    t.account
+                )));
+            }
+            // An account listed twice: its shares all went to the first entry, so a later
+            // one shows up here with nothing (a later non-zero one failed just above).
+            if sums[i] == 0 && self.totals[..i].iter().any(|e| e.account.same(&t.account)) {
+                return Err(InvariantViolation(format!(
+                    "{} has two totals",
                     t.account
                 )));
             }
@@ -541,6 +561,18 @@ mod tests {
         let mut r = result();
         r.totals[1].account = Account::Partner("P1".into());
         assert!(r.check().is_err());
+        // An account listed twice, the second time with nothing.
+        let mut r = result();
+        r.totals.push(AccountAmount {
+            account: Account::Promoter("P1".into()),
+            amount: 0,
+        });
+        assert!(r.check().is_err());
+        // A share whose account has no total.
+        let mut r = result();
+        r.totals.retain(|t| t.account != Account::Promoter("P1".into()));
+        r.totals[0].amount += 7;
+        assert!(r.check().is_err());
         // A line whose shares do not sum to what was paid.
         let mut r = result();
         r.lines[1].shares[0].amount += 1;
@@ -579,6 +611,25 @@ mod tests {
         let mut v: Vec<Account> = sorted.iter().rev().cloned().collect();
         sort_by_account(&mut v, |a| a, &lvl);
         assert_eq!(v, sorted);
+    }
+
+    /// The word-wise comparison agrees with `==` at every length and every differing byte.
+    #[test]
+    fn same_id_is_string_equality() {
+        let base: String = (0..40).map(|i| char::from(b'a' + i % 26)).collect();
+        for n in 0..=40 {
+            let a = &base[..n];
+            assert!(same_id(a, a), "{n}");
+            for i in 0..n {
+                let mut b = a.as_bytes().to_vec();
+                b[i] = b'#';
+                let b = String::from_utf8(b).unwrap();
+                assert!(!same_id(a, &b), "{n} differ at {i}");
+            }
+            if n > 0 {
+                assert!(!same_id(a, &base[..n - 1]), "{n} vs shorter");
+            }
+        }
     }
 
     #[test]
