@@ -235,6 +235,15 @@ impl Exact {
         if d == 0 {
             return None;
         }
+        // Reduced on u64 when both fit (an order's sales over 10^exponent, per order).
+        if let (Ok(n64), Ok(d64)) = (i64::try_from(n), i64::try_from(d)) {
+            if n64 != i64::MIN && d64 != i64::MIN {
+                let g = gcd_u64(n64.unsigned_abs(), d64.unsigned_abs()) as i64;
+                let (n, d) = (n64 / g, d64 / g);
+                let (n, d) = if d < 0 { (-n, -d) } else { (n, d) };
+                return Some(Exact::Small(Ratio::new_raw(i128::from(n), i128::from(d))));
+            }
+        }
         Some(Exact::Small(Ratio::new(n, d)))
     }
 
@@ -959,6 +968,28 @@ mod tests {
         assert!(matches!(x4, Exact::Big(_)));
         assert_eq!(x4.div(&x2).unwrap(), x2);
         assert_eq!(x4.round_to_i64(Rounding::Down), None);
+    }
+
+    #[test]
+    fn ratios_are_reduced_like_num_rational() {
+        for (n, d) in [
+            (6, 4),
+            (-6, 4),
+            (6, -4),
+            (-6, -4),
+            (0, -3),
+            (7, 1),
+            (i128::from(i64::MAX), 5),
+            (1 << 80, 6),
+            (i128::from(i64::MIN), 2),
+        ] {
+            let got = Exact::ratio(n, d).unwrap();
+            let Exact::Small(r) = &got else {
+                panic!("{n}/{d} went big")
+            };
+            let want = Ratio::new(n, d);
+            assert_eq!((r.numer(), r.denom()), (want.numer(), want.denom()), "{n}/{d}");
+        }
     }
 
     #[test]
