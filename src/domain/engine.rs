@@ -16,7 +16,7 @@ use super::network::{self, NetworkSnapshot, PromoterNode, MAX_UPLINE_WALK};
 use super::order::{Funder, Line, Order};
 use super::ruleset::{
     Adjustment, AttributionModel, Base, Conditions, CouponInBase, IdSet, Ladder, LadderMode,
-    Metric, Rate, Rule, RuleSet, Schedule,
+    Metric, OrderIndex, Rate, Rule, RuleSet, Schedule,
 };
 use super::split::{
     same_id, sort_by_account, Account, AccountAmount, ChainMember, Explanation, InvariantViolation,
@@ -321,18 +321,41 @@ fn rule_fits_order(rs: &RuleSet, r: &Rule, f: &Facts) -> bool {
 }
 
 /// How many rules [`rules_fitting_order`] covers: one bit each.
-const RULES_IN_MASK: usize = u64::BITS as usize;
+const RULES_IN_MASK: usize = OrderIndex::RULES;
 
 /// Bit i: rule i fits the order ([`rule_fits_order`]), for the first [`RULES_IN_MASK`]
-/// rules; evaluated once per order instead of once per line.
+/// rules; found once per order, by look-ups in the rule set's [`OrderIndex`].
 fn rules_fitting_order(rs: &RuleSet, f: &Facts) -> u64 {
-    rs.rules
-        .iter()
-        .take(RULES_IN_MASK)
-        .enumerate()
-        .fold(0, |m, (i, r)| {
-            m | (u64::from(rule_fits_order(rs, r, f)) << i)
-        })
+    let x = &rs.order_index;
+    let order = f.order;
+    let mut m = x.all
+        & x.merchant.admit(&order.merchant)
+        & x.channel.admit(order.channel_id())
+        & x.tags.admit_any(order.tags.iter().map(String::as_str))
+        & f.grade.map_or(x.grade.unconditioned(), |g| x.grade.admit(g))
+        & !(if f.first_order {
+            x.not_first_order
+        } else {
+            x.first_order
+        });
+    if rs.currency.is_some_and(|c| c != order.currency) {
+        m &= !x.reads_amounts;
+    }
+    // Amount ranges are few: each rule left that has one is checked on its own.
+    let mut ranged = m & x.order_amount;
+    while ranged != 0 {
+        let i = ranged.trailing_zeros() as usize;
+        ranged &= ranged - 1;
+        let fits = rs.rules[i]
+            .when
+            .order_amount
+            .as_ref()
+            .is_none_or(|r| r.contains(&f.sales_major));
+        if !fits {
+            m &= !(1 << i);
+        }
+    }
+    m
 }
 
 /// Stage 7a: the matching rule with the highest priority (rules are sorted).
@@ -1111,6 +1134,95 @@ mod tests {
             assert_eq!(rs.rules.len(), filler + 2);
             assert_eq!(rule_ids(&rs), ["only-a", "rest"], "{filler} filler rules");
         }
+    }
+
+    /// The order index selects exactly the rules that evaluating each rule's order
+    /// conditions selects, for every combination of merchant, channel, tags, grade, first
+    /// order, amount and currency.
+    #[test]
+    fn the_order_index_fits_the_rules_that_their_conditions_fit() {
+        let doc = r#"currency: CNY
+max_levels: 1
+grades:
+  - {id: silver, upgrade: {direct_invites: 2}}
+  - {id: gold, upgrade: {direct_invites: 5}}
+rules:
+  - {id: a, priority: 20, when: {merchant: [M1, M2]}, levels: ['0.1']}
+  - {id: b, priority: 19, when: {channel: [wechat]}, levels: ['0.1']}
+  - {id: c, priority: 18, when: {tags: [x, y]}, levels: ['0.1']}
+  - {id: d, priority: 17, when: {promoter_grade: [silver]}, levels: ['0.1']}
+  - {id: e, priority: 16, when: {first_order: true}, levels: ['0.1']}
+  - {id: f, priority: 15, when: {first_order: false, merchant: [M1]}, levels: ['0.1']}
+  - {id: g, priority: 14, when: {order_amount: {gte: '100', lt: '500'}}, levels: ['0.1']}
+  - {id: h, priority: 13, fixed: ['1.00']}
+  - {id: i, priority: 12, when: {tags: [y], channel: [alipay, wechat], promoter_grade: [gold, silver]}, levels: ['0.1']}
+  - {id: j, priority: 11, when: {order_amount: {gt: '300'}, merchant: [M2]}, fixed: ['2.00']}
+  - {id: k, priority: 10, when: {category: [a]}, levels: ['0.1']}
+  - {id: z, levels: ['0.1']}
+"#;
+        let c = ruleset::compile(doc);
+        assert!(c.errors.is_empty(), "{:?}", c.errors);
+        let rs = c.ruleset.unwrap();
+        let mut checked = 0;
+        for merchant in ["M1", "M2", "M3"] {
+            for channel in ["alipay", "wechat", ""] {
+                for tags in [vec![], vec!["x"], vec!["y", "q"], vec!["q"]] {
+                    for currency in ["CNY", "USD"] {
+                        for price in [5_000, 20_000, 40_000, 90_000] {
+                            let raw = RawOrder {
+                                id: "O".into(),
+                                merchant: merchant.into(),
+                                buyer: "B".into(),
+                                paid_at: Some(
+                                    chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 2, 0, 0, 0)
+                                        .unwrap(),
+                                ),
+                                currency: currency.into(),
+                                channel: channel.into(),
+                                tags: tags.iter().map(|t| t.to_string()).collect(),
+                                referrals: vec![],
+                                shipping: RawAmount::Absent,
+                                lines: vec![RawLine {
+                                    id: "L".into(),
+                                    sku: "S".into(),
+                                    category: "a".into(),
+                                    quantity: 1,
+                                    unit_price: RawAmount::Minor(price),
+                                    ..Default::default()
+                                }],
+                            };
+                            let order = Order::parse(&raw, "order").unwrap();
+                            let cur = order.currency;
+                            for grade in [None, Some("silver"), Some("gold")] {
+                                for first_order in [false, true] {
+                                    let facts = Facts {
+                                        order: &order,
+                                        grade,
+                                        first_order,
+                                        sales_major: Exact::ratio(
+                                            i128::from(order.sales()),
+                                            i128::from(cur.minor_per_major()),
+                                        )
+                                        .unwrap(),
+                                        rules_fitting: 0,
+                                    };
+                                    let want = rs.rules.iter().enumerate().fold(0u64, |m, (i, r)| {
+                                        m | (u64::from(rule_fits_order(&rs, r, &facts)) << i)
+                                    });
+                                    assert_eq!(
+                                        rules_fitting_order(&rs, &facts),
+                                        want,
+                                        "{merchant} {channel:?} {tags:?} {currency} {price} {grade:?} {first_order}"
+                                    );
+                                    checked += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 3 * 3 * 4 * 2 * 4 * 3 * 2);
     }
 
     /// Group commit computes the splits of a rule set that reads no order history before

@@ -690,6 +690,106 @@ pub struct RuleSet {
     pub adjustments: Vec<Adjustment>,
     /// Grades, ascending.
     pub grades: Vec<Grade>,
+    /// Which of the first rules an order's own facts admit, by look-up.
+    pub order_index: OrderIndex,
+}
+
+/// Rules for one kind of id condition (merchant, channel, tags, grade), one bit per rule.
+#[derive(Debug, Clone, Default)]
+pub struct IdMasks {
+    /// Rules without the condition: every id passes.
+    unconditioned: u64,
+    /// For each listed id, the rules that list it.
+    by_id: HashMap<String, u64, foldhash::fast::RandomState>,
+}
+
+impl IdMasks {
+    fn add(&mut self, bit: u64, set: Option<&IdSet>) {
+        match set {
+            None => self.unconditioned |= bit,
+            Some(s) => {
+                for id in s.iter() {
+                    *self.by_id.entry(id.clone()).or_default() |= bit;
+                }
+            }
+        }
+    }
+
+    /// The rules whose condition `id` meets.
+    #[inline]
+    pub fn admit(&self, id: &str) -> u64 {
+        self.unconditioned | self.by_id.get(id).copied().unwrap_or(0)
+    }
+
+    /// The rules whose condition one of `ids` meets ("any of").
+    #[inline]
+    pub fn admit_any<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> u64 {
+        ids.into_iter().fold(self.unconditioned, |m, id| {
+            m | self.by_id.get(id).copied().unwrap_or(0)
+        })
+    }
+
+    /// The rules without the condition.
+    pub fn unconditioned(&self) -> u64 {
+        self.unconditioned
+    }
+}
+
+/// The order-wide conditions of the first [`OrderIndex::RULES`] rules (bit i is
+/// `rules[i]`), inverted: an order's merchant, channel, tags and grade each select a mask
+/// by a hash look-up, and their AND is the set of rules the order fits, instead of every
+/// rule's conditions evaluated in turn. Built once per compiled rule set.
+#[derive(Debug, Clone, Default)]
+pub struct OrderIndex {
+    /// Merchant in.
+    pub merchant: IdMasks,
+    /// Channel in.
+    pub channel: IdMasks,
+    /// Any order tag in.
+    pub tags: IdMasks,
+    /// Primary promoter's grade in.
+    pub grade: IdMasks,
+    /// Rules that need `first_order: true`.
+    pub first_order: u64,
+    /// Rules that need `first_order: false`.
+    pub not_first_order: u64,
+    /// Rules with an order-amount range (checked one by one).
+    pub order_amount: u64,
+    /// Rules whose schedule reads amounts in the rule set's currency.
+    pub reads_amounts: u64,
+    /// Every indexed rule.
+    pub all: u64,
+}
+
+impl OrderIndex {
+    /// How many rules the index covers: one bit each.
+    pub const RULES: usize = u64::BITS as usize;
+
+    /// The index of the first [`OrderIndex::RULES`] of `rules`, in their order.
+    pub fn new(rules: &[Rule]) -> Self {
+        let mut x = OrderIndex::default();
+        for (i, r) in rules.iter().take(Self::RULES).enumerate() {
+            let bit = 1u64 << i;
+            let c = &r.when;
+            x.merchant.add(bit, c.merchant.as_ref());
+            x.channel.add(bit, c.channel.as_ref());
+            x.tags.add(bit, c.tags.as_ref());
+            x.grade.add(bit, c.promoter_grade.as_ref());
+            match c.first_order {
+                Some(true) => x.first_order |= bit,
+                Some(false) => x.not_first_order |= bit,
+                None => {}
+            }
+            if c.order_amount.is_some() {
+                x.order_amount |= bit;
+            }
+            if r.schedule.reads_amounts() {
+                x.reads_amounts |= bit;
+            }
+            x.all |= bit;
+        }
+        x
+    }
 }
 
 impl RuleSet {
@@ -1267,9 +1367,11 @@ impl Validator {
             rules,
             adjustments,
             grades,
+            order_index: OrderIndex::default(),
         };
         rs.rules
             .sort_by(|a, b| b.priority.cmp(&a.priority).then(a.index.cmp(&b.index)));
+        rs.order_index = OrderIndex::new(&rs.rules);
         self.warn_worst_case(&rs);
         self.warn_unreachable(&rs);
         Some(rs)
