@@ -332,7 +332,8 @@ fn rules_fitting_order(rs: &RuleSet, f: &Facts) -> u64 {
         & x.merchant.admit(&order.merchant)
         & x.channel.admit(order.channel_id())
         & x.tags.admit_any(order.tags.iter().map(String::as_str))
-        & f.grade.map_or(x.grade.unconditioned(), |g| x.grade.admit(g))
+        & f.grade
+            .map_or(x.grade.unconditioned(), |g| x.grade.admit(g))
         & !(if f.first_order {
             x.not_first_order
         } else {
@@ -749,7 +750,11 @@ fn split_line(
         let mut e = Explanation::of(ShareKind::Partner, take);
         e.rate = p.share.text.clone();
         e.exact = exact.to_text();
-        shares.push(share(Account::Partner(Text::from(p.id.as_str())), amount, e));
+        shares.push(share(
+            Account::Partner(Text::from(p.id.as_str())),
+            amount,
+            e,
+        ));
     }
     let partners = &mut shares[PLATFORM + 1..];
     let partner_sum: i64 = partners.iter().map(|p| p.amount).sum();
@@ -802,7 +807,9 @@ fn split_line(
         );
     }
     if let (Some(cap), Some((first, rest))) = (&rs.cap, pieces.split_first()) {
-        let total = rest.iter().fold(first.exact.clone(), |s, p| s.add(&p.exact));
+        let total = rest
+            .iter()
+            .fold(first.exact.clone(), |s, p| s.add(&p.exact));
         let limit = cap.mul(&Exact::int(i128::from(base)));
         if total > limit {
             let factor = limit.div(&total).expect("total > limit ≥ 0");
@@ -1206,9 +1213,10 @@ rules:
                                         .unwrap(),
                                         rules_fitting: 0,
                                     };
-                                    let want = rs.rules.iter().enumerate().fold(0u64, |m, (i, r)| {
-                                        m | (u64::from(rule_fits_order(&rs, r, &facts)) << i)
-                                    });
+                                    let want =
+                                        rs.rules.iter().enumerate().fold(0u64, |m, (i, r)| {
+                                            m | (u64::from(rule_fits_order(&rs, r, &facts)) << i)
+                                        });
                                     assert_eq!(
                                         rules_fitting_order(&rs, &facts),
                                         want,
@@ -1365,7 +1373,10 @@ rules:
             assert_eq!(pa.len(), 1, "{doc}: {shares:?}");
             let levels: Vec<u32> = pa[0].explanations.iter().map(|e| e.level).collect();
             assert_eq!(levels, [1, 2], "{doc}");
-            assert!(pa[0].explanations.iter().all(|e| e.capped == capped), "{doc}");
+            assert!(
+                pa[0].explanations.iter().all(|e| e.capped == capped),
+                "{doc}"
+            );
             // Each piece rounds on its own (down), and the share is their sum.
             let rounded: i64 = pa[0]
                 .explanations

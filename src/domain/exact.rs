@@ -140,8 +140,16 @@ fn mul_narrow((n1, d1): (i64, i64), (n2, d2): (i64, i64)) -> Ratio<i128> {
     } else {
         gcd_u64(n2.unsigned_abs(), d1 as u64) as i64
     };
-    let (n1, d2) = if g1 == 1 { (n1, d2) } else { (n1 / g1, d2 / g1) };
-    let (n2, d1) = if g2 == 1 { (n2, d1) } else { (n2 / g2, d1 / g2) };
+    let (n1, d2) = if g1 == 1 {
+        (n1, d2)
+    } else {
+        (n1 / g1, d2 / g1)
+    };
+    let (n2, d1) = if g2 == 1 {
+        (n2, d1)
+    } else {
+        (n2 / g2, d1 / g2)
+    };
     // Each factor is below 2^63, so each product is below 2^126.
     Ratio::new_raw(
         i128::from(n1) * i128::from(n2),
@@ -988,7 +996,11 @@ mod tests {
                 panic!("{n}/{d} went big")
             };
             let want = Ratio::new(n, d);
-            assert_eq!((r.numer(), r.denom()), (want.numer(), want.denom()), "{n}/{d}");
+            assert_eq!(
+                (r.numer(), r.denom()),
+                (want.numer(), want.denom()),
+                "{n}/{d}"
+            );
         }
     }
 

@@ -467,10 +467,7 @@ impl SplitResult {
             // An account listed twice: its shares all went to the first entry, so a later
             // one shows up here with nothing (a later non-zero one failed just above).
             if sums[i] == 0 && self.totals[..i].iter().any(|e| e.account.same(&t.account)) {
-                return Err(InvariantViolation(format!(
-                    "{} has two totals",
-                    t.account
-                )));
+                return Err(InvariantViolation(format!("{} has two totals", t.account)));
             }
         }
         Ok(())
@@ -570,7 +567,8 @@ mod tests {
         assert!(r.check().is_err());
         // A share whose account has no total.
         let mut r = result();
-        r.totals.retain(|t| t.account != Account::Promoter("P1".into()));
+        r.totals
+            .retain(|t| t.account != Account::Promoter("P1".into()));
         r.totals[0].amount += 7;
         assert!(r.check().is_err());
         // A line whose shares do not sum to what was paid.
