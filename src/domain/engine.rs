@@ -19,8 +19,8 @@ use super::ruleset::{
     Metric, OrderIndex, Rate, Rule, RuleSet, Schedule,
 };
 use super::split::{
-    same_id, sort_by_account, Account, AccountAmount, ChainMember, Explanation, InvariantViolation,
-    LineSplit, Share, ShareKind, SplitResult, Text, WeightEntry,
+    find_total, same_id, sort_by_account, Account, AccountAmount, ChainMember, Explanation,
+    InvariantViolation, LineSplit, Share, ShareKind, SplitResult, Text, WeightEntry,
 };
 
 /// What the store knows at commit time that changes money: read in the same transaction
@@ -342,17 +342,12 @@ fn rules_fitting_order(rs: &RuleSet, f: &Facts) -> u64 {
     if rs.currency.is_some_and(|c| c != order.currency) {
         m &= !x.reads_amounts;
     }
-    // Amount ranges are few: each rule left that has one is checked on its own.
+    // Amount ranges are few: each rule left that has one is checked in full.
     let mut ranged = m & x.order_amount;
     while ranged != 0 {
         let i = ranged.trailing_zeros() as usize;
         ranged &= ranged - 1;
-        let fits = rs.rules[i]
-            .when
-            .order_amount
-            .as_ref()
-            .is_none_or(|r| r.contains(&f.sales_major));
-        if !fits {
+        if !rule_fits_order(rs, &rs.rules[i], f) {
             m &= !(1 << i);
         }
     }
@@ -970,15 +965,10 @@ pub fn compute_with(
         Vec::with_capacity(lines.first().map_or(0, |l| l.shares.len()) + 1);
     for l in &mut lines {
         sort_by_account(&mut l.shares, |s| &s.account, &lvl);
-        // Lines list their accounts in the same order: each search starts after the
-        // previous match, and usually succeeds at once.
         let mut next = 0;
         for s in &l.shares {
             let n = totals.len();
-            let found = (next..n)
-                .chain(0..next.min(n))
-                .find(|&i| totals[i].account.same(&s.account));
-            match found {
+            match find_total(&totals, next, &s.account) {
                 Some(i) => {
                     let t = &mut totals[i];
                     t.amount = t

@@ -718,7 +718,7 @@ impl IdMasks {
     /// The rules whose condition `id` meets.
     #[inline]
     pub fn admit(&self, id: &str) -> u64 {
-        self.unconditioned | self.by_id.get(id).copied().unwrap_or(0)
+        self.admit_any([id])
     }
 
     /// The rules whose condition one of `ids` meets ("any of").

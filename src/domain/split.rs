@@ -114,6 +114,17 @@ impl Account {
     }
 }
 
+/// The index of the first of `totals` whose account is `a`, searching from `from` to the
+/// end and then from the start: lines list their accounts in the totals' fixed order, so
+/// a search that starts after the previous match usually succeeds at once.
+#[inline]
+pub(crate) fn find_total(totals: &[AccountAmount], from: usize, a: &Account) -> Option<usize> {
+    let n = totals.len();
+    (from..n)
+        .chain(0..from.min(n))
+        .find(|&i| totals[i].account.same(a))
+}
+
 /// Sorts `items` into the fixed account order ([`Account::order_cmp`]). They usually
 /// arrive in that order already: one pass of comparisons confirms it (n − 1, as many as
 /// an insertion sort of sorted items makes, without its moves, and one level look-up per
@@ -408,17 +419,9 @@ impl SplitResult {
     /// Checks that every line's shares sum exactly to what was paid for it, no share is
     /// negative, and the totals are the sum of the lines.
     pub fn check(&self) -> Result<(), InvariantViolation> {
-        // Each share is added to the listed total of its account, found by a linear scan:
-        // an order has a handful of accounts, and every line lists them in the same fixed
-        // order as the totals, so each search starts after the previous match and almost
-        // always succeeds at once.
-        let n = self.totals.len();
-        let mut sums: smallvec::SmallVec<[i64; 16]> = smallvec::smallvec![0; n];
-        let find = |from: usize, a: &Account| {
-            (from..n)
-                .chain(0..from.min(n))
-                .find(|&i| self.totals[i].account.same(a))
-        };
+        // Each share is added to the listed total of its account ([`find_total`]: an order
+        // has a handful of accounts, hashing them would cost more).
+        let mut sums: smallvec::SmallVec<[i64; 16]> = smallvec::smallvec![0; self.totals.len()];
         let overflow = || InvariantViolation("overflow".into());
         let mut paid: i64 = 0;
         for l in &self.lines {
@@ -432,7 +435,7 @@ impl SplitResult {
                     )));
                 }
                 sum = sum.checked_add(s.amount).ok_or_else(overflow)?;
-                let i = find(next, &s.account).ok_or_else(|| {
+                let i = find_total(&self.totals, next, &s.account).ok_or_else(|| {
                     InvariantViolation(format!(
                         "line {} pays {}, which has no total",
                         l.line_id, s.account
