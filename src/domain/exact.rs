@@ -31,7 +31,12 @@ pub enum Rounding {
 /// An exact rational number.
 #[derive(Clone, Debug)]
 pub enum Exact {
-    /// The common case: numerator and denominator fit in `i128`.
+    /// `m / 10^s` with `s ≤ 18` and `m ≠ i64::MIN`, not necessarily normalised: what
+    /// nearly every value of a split is (a decimal rate, an amount in minor units, their
+    /// product and sums). Adds, products, comparisons, rounding and text of two such values
+    /// need no gcd; anything else, or an overflow, continues as [`Exact::Small`].
+    Dec(i64, u32),
+    /// Numerator and denominator fit in `i128` (reduced, positive denominator).
     Small(Ratio<i128>),
     /// After an overflow of the small form. Boxed: it is rare, and unboxed it would make
     /// every value 64 bytes instead of 48 (the engine moves dozens of values per split).
@@ -46,6 +51,100 @@ fn shrink(r: BigRational) -> Exact {
     match (r.numer().to_i128(), r.denom().to_i128()) {
         (Some(n), Some(d)) => Exact::Small(Ratio::new_raw(n, d)),
         _ => Exact::Big(Box::new(r)),
+    }
+}
+
+// ---------------------------------------------------------------- decimal fast path
+
+/// Largest scale of [`Exact::Dec`]: 10^18 < 2^63, so its denominator is narrow.
+const DEC_MAX_SCALE: u32 = 18;
+
+/// `Dec(m, s)` unless `m` is `i64::MIN` (excluded so that negation never overflows).
+#[inline]
+fn dec(m: i64, s: u32) -> Option<Exact> {
+    (m != i64::MIN).then_some(Exact::Dec(m, s))
+}
+
+/// 10^k as an i64, k ≤ 18.
+#[inline]
+fn pow10_i64(k: u32) -> i64 {
+    POW10[k as usize] as i64
+}
+
+/// m1/10^s1 + m2/10^s2 on i64 at the larger scale; `None` on overflow.
+#[inline]
+fn dec_add(m1: i64, s1: u32, m2: i64, s2: u32) -> Option<Exact> {
+    let (a, b, s) = match s1.cmp(&s2) {
+        Ordering::Equal => (m1, m2, s1),
+        Ordering::Less => (m1.checked_mul(pow10_i64(s2 - s1))?, m2, s2),
+        Ordering::Greater => (m1, m2.checked_mul(pow10_i64(s1 - s2))?, s1),
+    };
+    dec(a.checked_add(b)?, s)
+}
+
+/// (m1/10^s1)·(m2/10^s2) on i64; `None` on overflow or a scale above 18.
+#[inline]
+fn dec_mul(m1: i64, s1: u32, m2: i64, s2: u32) -> Option<Exact> {
+    let s = s1 + s2;
+    if s > DEC_MAX_SCALE {
+        return None;
+    }
+    dec(m1.checked_mul(m2)?, s)
+}
+
+/// The reduced narrow (n, d) of m/10^s.
+#[inline]
+fn dec_narrow(m: i64, s: u32) -> (i64, i64) {
+    if s == 0 || m == 0 {
+        return (m, 1);
+    }
+    let d = POW10[s as usize];
+    let g = gcd_u64(m.unsigned_abs(), d);
+    (m / g as i64, (d / g) as i64)
+}
+
+/// The text of m/10^s: what [`render_narrow`] writes for the same value (the shortest
+/// decimal, no trailing zeros), straight from the digits.
+fn render_dec(m: i64, s: u32) -> Backwards {
+    let mut t = Backwards::new();
+    let (neg, mut a, mut k) = (m < 0, m.unsigned_abs(), s);
+    while k > 0 && a % 10 == 0 {
+        a /= 10;
+        k -= 1;
+    }
+    if k > 0 {
+        let unit = POW10[k as usize];
+        t.digits_exact(a % unit, k);
+        t.byte(b'.');
+        a /= unit;
+    }
+    t.uint(a);
+    if neg {
+        t.byte(b'-');
+    }
+    t
+}
+
+/// The narrow (n, d) of a `Dec` or a narrow `Small`.
+#[inline]
+fn narrow_of(x: &Exact) -> Option<(i64, i64)> {
+    match x {
+        Exact::Dec(m, s) => Some(dec_narrow(*m, *s)),
+        Exact::Small(r) => narrow(r),
+        Exact::Big(_) => None,
+    }
+}
+
+/// A `Dec` or `Small` as a reduced `Ratio<i128>`.
+#[inline]
+fn small_of(x: &Exact) -> Option<Ratio<i128>> {
+    match x {
+        Exact::Dec(m, s) => {
+            let (n, d) = dec_narrow(*m, *s);
+            Some(Ratio::new_raw(i128::from(n), i128::from(d)))
+        }
+        Exact::Small(r) => Some(*r),
+        Exact::Big(_) => None,
     }
 }
 
@@ -225,17 +324,20 @@ fn recip_narrow((n, d): (i64, i64)) -> (i64, i64) {
 impl Exact {
     /// Zero.
     pub fn zero() -> Self {
-        Exact::Small(Ratio::zero())
+        Exact::Dec(0, 0)
     }
 
     /// One.
     pub fn one() -> Self {
-        Exact::Small(Ratio::one())
+        Exact::Dec(1, 0)
     }
 
     /// An integer.
     pub fn int(n: i128) -> Self {
-        Exact::Small(Ratio::from_integer(n))
+        match i64::try_from(n).ok().and_then(|m| dec(m, 0)) {
+            Some(x) => x,
+            None => Exact::Small(Ratio::from_integer(n)),
+        }
     }
 
     /// n / d; `None` when d is zero.
@@ -258,6 +360,11 @@ impl Exact {
     /// The exact value of a decimal.
     pub fn from_decimal(d: Decimal) -> Self {
         let scale = d.scale();
+        if scale <= DEC_MAX_SCALE {
+            if let Some(x) = i64::try_from(d.mantissa()).ok().and_then(|m| dec(m, scale)) {
+                return x;
+            }
+        }
         // A Decimal's scale is at most 28, and 10^28 < 2^127.
         let denom = 10i128.pow(scale);
         Exact::Small(Ratio::new(d.mantissa(), denom))
@@ -266,6 +373,7 @@ impl Exact {
     /// True when the value is zero.
     pub fn is_zero(&self) -> bool {
         match self {
+            Exact::Dec(m, _) => *m == 0,
             Exact::Small(r) => r.is_zero(),
             Exact::Big(r) => r.is_zero(),
         }
@@ -274,6 +382,7 @@ impl Exact {
     /// True when the value is one.
     pub fn is_one(&self) -> bool {
         match self {
+            Exact::Dec(m, s) => *m == pow10_i64(*s),
             Exact::Small(r) => r.is_one(),
             Exact::Big(r) => r.is_one(),
         }
@@ -282,6 +391,7 @@ impl Exact {
     /// True when the value is below zero.
     pub fn is_negative(&self) -> bool {
         match self {
+            Exact::Dec(m, _) => *m < 0,
             Exact::Small(r) => r.is_negative(),
             Exact::Big(r) => r.is_negative(),
         }
@@ -289,48 +399,74 @@ impl Exact {
 
     fn to_big(&self) -> BigRational {
         match self {
+            Exact::Dec(m, s) => {
+                BigRational::new(BigInt::from(*m), BigInt::from(POW10[*s as usize]))
+            }
             Exact::Small(r) => big(r),
             Exact::Big(r) => (**r).clone(),
         }
     }
 
-    /// self + other.
-    pub fn add(&self, other: &Exact) -> Exact {
-        if let (Exact::Small(a), Exact::Small(b)) = (self, other) {
-            if let (Some(x), Some(y)) = (narrow(a), narrow(b)) {
-                return Exact::Small(add_narrow(x, y));
+    /// One operation through its tiers: two `Dec`s on i64, narrow values with u64 gcds,
+    /// `Ratio<i128>` with overflow checks, then big rationals; each tier exact, each
+    /// taken only when the one before it does not apply or would overflow.
+    #[inline(always)]
+    fn tiers(
+        &self,
+        other: &Exact,
+        dec: impl FnOnce(i64, u32, i64, u32) -> Option<Exact>,
+        narrow: impl FnOnce((i64, i64), (i64, i64)) -> Ratio<i128>,
+        small: impl FnOnce(&Ratio<i128>, &Ratio<i128>) -> Option<Ratio<i128>>,
+        big: impl FnOnce(BigRational, BigRational) -> BigRational,
+    ) -> Exact {
+        if let (Exact::Dec(m1, s1), Exact::Dec(m2, s2)) = (self, other) {
+            if let Some(x) = dec(*m1, *s1, *m2, *s2) {
+                return x;
             }
-            if let Some(r) = a.checked_add(b) {
+        }
+        if let (Some(x), Some(y)) = (narrow_of(self), narrow_of(other)) {
+            return Exact::Small(narrow(x, y));
+        }
+        if let (Some(a), Some(b)) = (small_of(self), small_of(other)) {
+            if let Some(r) = small(&a, &b) {
                 return Exact::Small(r);
             }
         }
-        shrink(self.to_big() + other.to_big())
+        shrink(big(self.to_big(), other.to_big()))
+    }
+
+    /// self + other.
+    pub fn add(&self, other: &Exact) -> Exact {
+        self.tiers(
+            other,
+            dec_add,
+            add_narrow,
+            |a, b| a.checked_add(b),
+            |x, y| x + y,
+        )
     }
 
     /// self - other.
     pub fn sub(&self, other: &Exact) -> Exact {
-        if let (Exact::Small(a), Exact::Small(b)) = (self, other) {
-            if let (Some(x), Some(y)) = (narrow(a), narrow(b)) {
-                return Exact::Small(add_narrow(x, neg_narrow(y)));
-            }
-            if let Some(r) = a.checked_sub(b) {
-                return Exact::Small(r);
-            }
-        }
-        shrink(self.to_big() - other.to_big())
+        self.tiers(
+            other,
+            // m2 ≠ i64::MIN: its negation cannot overflow.
+            |m1, s1, m2, s2| dec_add(m1, s1, -m2, s2),
+            |x, y| add_narrow(x, neg_narrow(y)),
+            |a, b| a.checked_sub(b),
+            |x, y| x - y,
+        )
     }
 
     /// self × other.
     pub fn mul(&self, other: &Exact) -> Exact {
-        if let (Exact::Small(a), Exact::Small(b)) = (self, other) {
-            if let (Some(x), Some(y)) = (narrow(a), narrow(b)) {
-                return Exact::Small(mul_narrow(x, y));
-            }
-            if let Some(r) = a.checked_mul(b) {
-                return Exact::Small(r);
-            }
-        }
-        shrink(self.to_big() * other.to_big())
+        self.tiers(
+            other,
+            dec_mul,
+            mul_narrow,
+            |a, b| a.checked_mul(b),
+            |x, y| x * y,
+        )
     }
 
     /// self ÷ other; `None` when other is zero.
@@ -338,10 +474,10 @@ impl Exact {
         if other.is_zero() {
             return None;
         }
-        if let (Exact::Small(a), Exact::Small(b)) = (self, other) {
-            if let (Some(x), Some(y)) = (narrow(a), narrow(b)) {
-                return Some(Exact::Small(mul_narrow(x, recip_narrow(y))));
-            }
+        if let (Some(x), Some(y)) = (narrow_of(self), narrow_of(other)) {
+            return Some(Exact::Small(mul_narrow(x, recip_narrow(y))));
+        }
+        if let (Some(a), Some(b)) = (small_of(self), small_of(other)) {
             // a/b = (an·bd)/(ad·bn); checked through the reciprocal.
             let recip = Ratio::new_raw(*b.denom(), *b.numer());
             let recip = if recip.denom().is_negative() {
@@ -378,6 +514,12 @@ impl Exact {
     /// when it fits inline (24 bytes, every rate and amount of an ordinary split).
     pub fn to_text(&self) -> Text {
         match self {
+            Exact::Dec(m, s) => match (*m, *s) {
+                (0, _) => Text::const_new("0"),
+                (1, 0) => Text::const_new("1"),
+                (m, 0) => Text::from(itoa::Buffer::new().format(m)),
+                (m, s) => Text::from(render_dec(m, s).as_str()),
+            },
             Exact::Small(r) => match narrow(r) {
                 // Weights of a single promoter, and empty amounts.
                 Some((1, 1)) => Text::const_new("1"),
@@ -394,6 +536,8 @@ impl Exact {
     /// Rounds to an integer with the given mode; `None` if it does not fit in i64.
     pub fn round_to_i64(&self, mode: Rounding) -> Option<i64> {
         match self {
+            // m/10^s as it stands: rounding needs no reduced form.
+            Exact::Dec(m, s) => Some(round_narrow(*m, pow10_i64(*s), mode)),
             Exact::Small(r) => match narrow(r) {
                 Some((n, d)) => Some(round_narrow(n, d, mode)),
                 None => round_small(r, mode).and_then(|v| i64::try_from(v).ok()),
@@ -423,21 +567,33 @@ impl Backwards {
         self.buf[self.start] = b;
     }
     /// Exactly `width` digits of `x` (x < 10^width), zero-padded on the left.
-    fn digits_exact(&mut self, mut x: u64, width: u32) {
-        for _ in 0..width {
+    fn digits_exact(&mut self, mut x: u64, mut width: u32) {
+        while width >= 2 {
+            self.pair(x % 100);
+            x /= 100;
+            width -= 2;
+        }
+        if width == 1 {
             self.byte(b'0' + (x % 10) as u8);
-            x /= 10;
         }
     }
     /// The digits of `x`, at least one.
     fn uint(&mut self, mut x: u64) {
-        loop {
-            self.byte(b'0' + (x % 10) as u8);
-            x /= 10;
-            if x == 0 {
-                return;
-            }
+        while x >= 100 {
+            self.pair(x % 100);
+            x /= 100;
         }
+        if x >= 10 {
+            self.pair(x);
+        } else {
+            self.byte(b'0' + x as u8);
+        }
+    }
+    /// The two digits of `x` < 100, from a table: one division per two digits.
+    fn pair(&mut self, x: u64) {
+        let i = 2 * x as usize;
+        self.start -= 2;
+        self.buf[self.start..self.start + 2].copy_from_slice(&DIGIT_PAIRS[i..i + 2]);
     }
     /// The digits of a u128, in 19-digit chunks of u64 arithmetic.
     fn uint128(&mut self, mut x: u128) {
@@ -462,6 +618,18 @@ impl Backwards {
 }
 
 const POW10_19: u128 = 10_000_000_000_000_000_000;
+
+/// "00", "01", … "99".
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
 
 /// 10^0 ..= 10^19.
 const POW10: [u64; 20] = {
@@ -704,15 +872,22 @@ impl PartialOrd for Exact {
 
 impl Ord for Exact {
     fn cmp(&self, other: &Self) -> Ordering {
-        match (self, other) {
-            (Exact::Small(a), Exact::Small(b)) => match (narrow(a), narrow(b)) {
-                // d > 0: n1/d1 ? n2/d2 ⇔ n1·d2 ? n2·d1, exactly in i128.
-                (Some((n1, d1)), Some((n2, d2))) => {
-                    (i128::from(n1) * i128::from(d2)).cmp(&(i128::from(n2) * i128::from(d1)))
-                }
-                _ => a.cmp(b),
+        if let (Exact::Dec(m1, s1), Exact::Dec(m2, s2)) = (self, other) {
+            // At the larger scale: |m| < 2^63 and 10^18 < 2^60, so both fit in i128.
+            let s = (*s1).max(*s2);
+            let a = i128::from(*m1) * i128::from(POW10[(s - s1) as usize]);
+            let b = i128::from(*m2) * i128::from(POW10[(s - s2) as usize]);
+            return a.cmp(&b);
+        }
+        match (narrow_of(self), narrow_of(other)) {
+            // d > 0: n1/d1 ? n2/d2 ⇔ n1·d2 ? n2·d1, exactly in i128.
+            (Some((n1, d1)), Some((n2, d2))) => {
+                (i128::from(n1) * i128::from(d2)).cmp(&(i128::from(n2) * i128::from(d1)))
+            }
+            _ => match (small_of(self), small_of(other)) {
+                (Some(a), Some(b)) => a.cmp(&b),
+                _ => self.to_big().cmp(&other.to_big()),
             },
-            _ => self.to_big().cmp(&other.to_big()),
         }
     }
 }
@@ -720,8 +895,10 @@ impl Ord for Exact {
 impl fmt::Display for Exact {
     /// `n` for integers, `n/d` otherwise; a terminating decimal is shown as a decimal.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Exact::Small(r) = self {
-            return fmt_small(r, f);
+        match self {
+            Exact::Dec(m, s) => return f.write_str(render_dec(*m, *s).as_str()),
+            Exact::Small(r) => return fmt_small(r, f),
+            Exact::Big(_) => {}
         }
         let r = self.to_big();
         if r.is_integer() {
@@ -845,8 +1022,14 @@ mod tests {
         }))
     }
 
+    /// The same value in the same form, a `Dec` taken as the reduced `Small` it equals
+    /// (whether a result is `Dec` depends on its operands, not only on its value).
     fn same(a: &Exact, b: &Exact) -> bool {
-        match (a, b) {
+        let canon = |x: &Exact| match x {
+            Exact::Dec(..) => Exact::Small(small_of(x).expect("a Dec is small")),
+            _ => x.clone(),
+        };
+        match (&canon(a), &canon(b)) {
             (Exact::Small(x), Exact::Small(y)) => x.numer() == y.numer() && x.denom() == y.denom(),
             (Exact::Big(x), Exact::Big(y)) => x.numer() == y.numer() && x.denom() == y.denom(),
             _ => false,
@@ -876,6 +1059,17 @@ mod tests {
     /// Values around every boundary of the fast path: decimal rates, amounts, thirds,
     /// numerators and denominators near 2^63 and beyond.
     fn sample(g: &mut Lcg) -> Exact {
+        if g.next() % 3 == 0 {
+            // Decimals: rates, amounts, their products; mantissas up to i64::MAX.
+            let m = match g.next() % 4 {
+                0 => g.bits(20) as i64,
+                1 => g.bits(40) as i64,
+                2 => i64::MAX - g.bits(3) as i64,
+                _ => (g.bits(8) * 10u64.pow((g.next() % 6) as u32)) as i64,
+            };
+            let m = if g.next() % 2 == 0 { m } else { -m };
+            return Exact::Dec(m, (g.next() % 19) as u32);
+        }
         let n: i128 = match g.next() % 8 {
             0 => i128::from(g.bits(20)),
             1 => i128::from(g.bits(40)),
@@ -903,9 +1097,12 @@ mod tests {
     #[test]
     fn the_64_bit_fast_path_agrees_with_big_rationals() {
         let mut g = Lcg(42);
-        let mut narrow_pairs = 0;
+        let (mut narrow_pairs, mut dec_pairs) = (0, 0);
         for _ in 0..60_000 {
             let (a, b) = (sample(&mut g), sample(&mut g));
+            if let (Exact::Dec(..), Exact::Dec(..)) = (&a, &b) {
+                dec_pairs += 1;
+            }
             if let (Exact::Small(x), Exact::Small(y)) = (&a, &b) {
                 if narrow(x).is_some() && narrow(y).is_some() {
                     narrow_pairs += 1;
@@ -932,12 +1129,16 @@ mod tests {
                 let want = round_big(&a.to_big(), mode).to_i64();
                 assert_eq!(a.round_to_i64(mode), want, "{a:?} {mode:?}");
             }
-            if let Exact::Small(r) = &a {
-                assert_eq!(a.to_string(), reference_fmt_small(r), "{a:?}");
+            if let Some(r) = small_of(&a) {
+                assert_eq!(a.to_string(), reference_fmt_small(&r), "{a:?}");
             }
+            assert_eq!(a.is_zero(), a.to_big().is_zero(), "{a:?}");
+            assert_eq!(a.is_one(), a.to_big().is_one(), "{a:?}");
+            assert_eq!(a.is_negative(), a.to_big().is_negative(), "{a:?}");
             assert_eq!(a.to_text(), a.to_string(), "{a:?}");
         }
         assert!(narrow_pairs > 15_000, "{narrow_pairs} narrow pairs");
+        assert!(dec_pairs > 5_000, "{dec_pairs} decimal pairs");
     }
 
     #[test]
@@ -1002,6 +1203,39 @@ mod tests {
                 "{n}/{d}"
             );
         }
+    }
+
+    #[test]
+    fn decimals_stay_decimal_and_render_like_fractions() {
+        // Rates and amounts are decimals, and so are their products and sums.
+        let rate = dec("0.11");
+        assert!(matches!(rate, Exact::Dec(11, 2)));
+        let amount = rate.mul(&Exact::int(38_800));
+        assert!(matches!(amount, Exact::Dec(426_800, 2)));
+        assert_eq!(amount.to_text(), "4268");
+        assert_eq!(amount.add(&dec("0.005")).to_text(), "4268.005");
+        assert_eq!(dec("-1.2300").to_text(), "-1.23");
+        assert_eq!(dec("0.000").to_text(), "0");
+        assert_eq!(dec("1.00"), Exact::one());
+        assert!(dec("1.00").is_one());
+        // A scale above 18 or an overflow continues exactly as a fraction.
+        let tiny = dec("0.000000001");
+        assert!(matches!(tiny.mul(&tiny).mul(&tiny), Exact::Small(_)));
+        assert_eq!(
+            tiny.mul(&tiny).mul(&tiny).to_text(),
+            "0.000000000000000000000000001"
+        );
+        let big = Exact::int(i128::from(i64::MAX));
+        assert_eq!(big.add(&Exact::one()).to_text(), "9223372036854775808");
+        assert_eq!(big.mul(&big).div(&big).unwrap(), big);
+        // Mixed with a fraction: exact.
+        assert_eq!(dec("9.00").mul(&Exact::ratio(1, 3).unwrap()), Exact::int(3));
+        assert_eq!(
+            dec("0.5").round_to_i64(Rounding::HalfEven),
+            Some(0),
+            "half to even"
+        );
+        assert_eq!(dec("-2.5").round_to_i64(Rounding::HalfUp), Some(-3));
     }
 
     #[test]
