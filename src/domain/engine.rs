@@ -245,7 +245,14 @@ pub struct Level {
 /// earns nothing); with compression the next active ancestor takes it.
 pub fn walk_chain(primary: &PromoterNode, rs: &RuleSet, snap: &NetworkSnapshot) -> Vec<Level> {
     let wanted = rs.max_levels.saturating_sub(1) as usize;
-    let ancestors = network::upline(primary, MAX_UPLINE_WALK, |id| snap.get(id));
+    // Without compression the levels are the nearest ancestors: the walk stops there.
+    // With it, inactive ancestors are skipped, so it may have to go further.
+    let limit = if rs.compression {
+        MAX_UPLINE_WALK
+    } else {
+        wanted
+    };
+    let ancestors = network::upline(primary, limit, |id| snap.get(id));
     let mut out = Vec::with_capacity(wanted);
     if rs.compression {
         let mut skipped = false;
@@ -354,16 +361,20 @@ fn rules_fitting_order(rs: &RuleSet, f: &Facts) -> u64 {
     m
 }
 
-/// Stage 7a: the matching rule with the highest priority (rules are sorted).
+/// Stage 7a: the matching rule with the highest priority (rules are sorted): among the
+/// indexed rules, the lowest bit of those that fit the order and whose line conditions
+/// the line's category and SKU meet (two look-ups); else the first unindexed one that
+/// matches in full.
 fn select_rule<'r>(rs: &'r RuleSet, f: &Facts, line: &Line) -> Option<&'r Rule> {
-    rs.rules.iter().enumerate().find_map(|(i, r)| {
-        let fits = if i < RULES_IN_MASK {
-            f.rules_fitting & (1 << i) != 0
-        } else {
-            rule_fits_order(rs, r, f)
-        };
-        (fits && matches_line(&r.when, line)).then_some(r)
-    })
+    let x = &rs.order_index;
+    let m = f.rules_fitting & x.category.admit(&line.category) & x.sku.admit(&line.sku);
+    if m != 0 {
+        return Some(&rs.rules[m.trailing_zeros() as usize]);
+    }
+    rs.rules
+        .iter()
+        .skip(RULES_IN_MASK)
+        .find(|r| rule_fits_order(rs, r, f) && matches_line(&r.when, line))
 }
 
 /// Stage 2: the commission base of a line, exact minor units.
@@ -1155,7 +1166,9 @@ rules:
   - {id: i, priority: 12, when: {tags: [y], channel: [alipay, wechat], promoter_grade: [gold, silver]}, levels: ['0.1']}
   - {id: j, priority: 11, when: {order_amount: {gt: '300'}, merchant: [M2]}, fixed: ['2.00']}
   - {id: k, priority: 10, when: {category: [a]}, levels: ['0.1']}
-  - {id: z, levels: ['0.1']}
+  - {id: l, priority: 9, when: {sku: [T, U], merchant: [M3]}, levels: ['0.1']}
+  - {id: m, priority: 8, when: {category: [b, c], sku: [S]}, levels: ['0.1']}
+  - {id: n, priority: 7, when: {category: [b], tags: [q]}, levels: ['0.1']}
 "#;
         let c = ruleset::compile(doc);
         assert!(c.errors.is_empty(), "{:?}", c.errors);
@@ -1179,20 +1192,24 @@ rules:
                                 tags: tags.iter().map(|t| t.to_string()).collect(),
                                 referrals: vec![],
                                 shipping: RawAmount::Absent,
-                                lines: vec![RawLine {
-                                    id: "L".into(),
-                                    sku: "S".into(),
-                                    category: "a".into(),
-                                    quantity: 1,
-                                    unit_price: RawAmount::Minor(price),
-                                    ..Default::default()
-                                }],
+                                lines: [("a", "S"), ("b", "S"), ("b", "T"), ("d", "U")]
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, (category, sku))| RawLine {
+                                        id: format!("L{i}"),
+                                        sku: sku.to_string(),
+                                        category: category.to_string(),
+                                        quantity: 1,
+                                        unit_price: RawAmount::Minor(price),
+                                        ..Default::default()
+                                    })
+                                    .collect(),
                             };
                             let order = Order::parse(&raw, "order").unwrap();
                             let cur = order.currency;
                             for grade in [None, Some("silver"), Some("gold")] {
                                 for first_order in [false, true] {
-                                    let facts = Facts {
+                                    let mut facts = Facts {
                                         order: &order,
                                         grade,
                                         first_order,
@@ -1207,11 +1224,23 @@ rules:
                                         rs.rules.iter().enumerate().fold(0u64, |m, (i, r)| {
                                             m | (u64::from(rule_fits_order(&rs, r, &facts)) << i)
                                         });
-                                    assert_eq!(
-                                        rules_fitting_order(&rs, &facts),
-                                        want,
-                                        "{merchant} {channel:?} {tags:?} {currency} {price} {grade:?} {first_order}"
-                                    );
+                                    let case = format!("{merchant} {channel:?} {tags:?} {currency} {price} {grade:?} {first_order}");
+                                    facts.rules_fitting = rules_fitting_order(&rs, &facts);
+                                    assert_eq!(facts.rules_fitting, want, "{case}");
+                                    // Each line's rule: the first that matches in full.
+                                    for line in &order.lines {
+                                        let want = rs.rules.iter().find(|r| {
+                                            matches(&r.when, &facts, line)
+                                                && rule_fits_order(&rs, r, &facts)
+                                        });
+                                        assert_eq!(
+                                            select_rule(&rs, &facts, line).map(|r| &r.id),
+                                            want.map(|r| &r.id),
+                                            "{case} line {} {}",
+                                            line.category,
+                                            line.sku
+                                        );
+                                    }
                                     checked += 1;
                                 }
                             }

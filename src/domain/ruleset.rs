@@ -735,10 +735,11 @@ impl IdMasks {
     }
 }
 
-/// The order-wide conditions of the first [`OrderIndex::RULES`] rules (bit i is
-/// `rules[i]`), inverted: an order's merchant, channel, tags and grade each select a mask
-/// by a hash look-up, and their AND is the set of rules the order fits, instead of every
-/// rule's conditions evaluated in turn. Built once per compiled rule set.
+/// The id conditions of the first [`OrderIndex::RULES`] rules (bit i is `rules[i]`),
+/// inverted: an order's merchant, channel, tags and grade each select a mask by a hash
+/// look-up, and their AND is the set of rules the order fits; a line's category and SKU
+/// narrow that set per line, and its lowest bit is the line's rule. No rule's conditions
+/// are evaluated in turn. Built once per compiled rule set.
 #[derive(Debug, Clone, Default)]
 pub struct OrderIndex {
     /// Merchant in.
@@ -749,6 +750,10 @@ pub struct OrderIndex {
     pub tags: IdMasks,
     /// Primary promoter's grade in.
     pub grade: IdMasks,
+    /// The line's category in (a line condition: looked up per line).
+    pub category: IdMasks,
+    /// The line's SKU in (a line condition: looked up per line).
+    pub sku: IdMasks,
     /// Rules that need `first_order: true`.
     pub first_order: u64,
     /// Rules that need `first_order: false`.
@@ -775,6 +780,8 @@ impl OrderIndex {
             x.channel.add(bit, c.channel.as_ref());
             x.tags.add(bit, c.tags.as_ref());
             x.grade.add(bit, c.promoter_grade.as_ref());
+            x.category.add(bit, c.category.as_ref());
+            x.sku.add(bit, c.sku.as_ref());
             match c.first_order {
                 Some(true) => x.first_order |= bit,
                 Some(false) => x.not_first_order |= bit,
