@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use super::split::same_id;
 use serde::{Deserialize, Serialize};
 
 /// Most ancestors walked above a promoter (compression may skip non-active ones, so this
@@ -119,7 +120,7 @@ pub fn upline<'a>(
         let Some(pid) = cur.parent.as_deref() else {
             break;
         };
-        if pid == start.id || out.iter().any(|n| n.id == pid) {
+        if same_id(pid, &start.id) || out.iter().any(|n| same_id(&n.id, pid)) {
             break;
         }
         let Some(p) = lookup(pid) else { break };
