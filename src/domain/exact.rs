@@ -107,19 +107,9 @@ fn dec_narrow(m: i64, s: u32) -> (i64, i64) {
 /// decimal, no trailing zeros), straight from the digits.
 fn render_dec(m: i64, s: u32) -> Backwards {
     let mut t = Backwards::new();
-    let (neg, mut a, mut k) = (m < 0, m.unsigned_abs(), s);
-    while k > 0 && a % 10 == 0 {
-        a /= 10;
-        k -= 1;
-    }
-    if k > 0 {
-        let unit = POW10[k as usize];
-        t.digits_exact(a % unit, k);
-        t.byte(b'.');
-        a /= unit;
-    }
-    t.uint(a);
-    if neg {
+    let written = t.decimal(m.unsigned_abs(), s);
+    debug_assert!(written, "a Dec has at most 18 fraction digits");
+    if m < 0 {
         t.byte(b'-');
     }
     t
@@ -595,6 +585,25 @@ impl Backwards {
         self.start -= 2;
         self.buf[self.start..self.start + 2].copy_from_slice(&DIGIT_PAIRS[i..i + 2]);
     }
+    /// a / 10^k without trailing zeros: the whole part (0 if none), then the point and
+    /// the fraction if one is left. `false`, writing nothing, when more than 19 fraction
+    /// digits are left (a u128 matter).
+    fn decimal(&mut self, mut a: u64, mut k: u32) -> bool {
+        while k > 0 && a % 10 == 0 {
+            a /= 10;
+            k -= 1;
+        }
+        if k > 19 {
+            return false;
+        }
+        let unit = POW10[k as usize];
+        if k > 0 {
+            self.digits_exact(a % unit, k);
+            self.byte(b'.');
+        }
+        self.uint(a / unit);
+        true
+    }
     /// The digits of a u128, in 19-digit chunks of u64 arithmetic.
     fn uint128(&mut self, mut x: u128) {
         while x > u128::from(u64::MAX) {
@@ -685,37 +694,19 @@ fn render_narrow(n: i64, d: i64) -> Backwards {
             // What `Decimal` prints after `normalize`: sign, whole part (0 if none), the
             // point and the fraction without trailing zeros (a reduced n/d has none, but
             // the text must not depend on that).
-            let (mut mantissa, mut k) = (mantissa, digits);
-            if let Ok(small) = u64::try_from(mantissa) {
-                let mut small = small;
-                while k > 0 && small % 10 == 0 {
-                    small /= 10;
-                    k -= 1;
-                }
-                mantissa = u128::from(small);
-            } else {
+            let written = u64::try_from(mantissa).is_ok_and(|small| t.decimal(small, digits));
+            if !written {
+                let (mut mantissa, mut k) = (mantissa, digits);
                 while k > 0 && mantissa % 10 == 0 {
                     mantissa /= 10;
                     k -= 1;
                 }
-            }
-            match u64::try_from(mantissa) {
-                Ok(small) if k <= 19 => {
-                    let unit = POW10[k as usize];
-                    if k > 0 {
-                        t.digits_exact(small % unit, k);
-                        t.byte(b'.');
-                    }
-                    t.uint(small / unit);
+                let unit = 10u128.pow(k);
+                if k > 0 {
+                    t.digits_exact128(mantissa % unit, k);
+                    t.byte(b'.');
                 }
-                _ => {
-                    let unit = 10u128.pow(k);
-                    if k > 0 {
-                        t.digits_exact128(mantissa % unit, k);
-                        t.byte(b'.');
-                    }
-                    t.uint128(mantissa / unit);
-                }
+                t.uint128(mantissa / unit);
             }
             if neg {
                 t.byte(b'-');
