@@ -1406,6 +1406,77 @@ mod tests {
         assert_eq!(waited, (true, true), "both writes waited for the gate");
     }
 
+    /// Migration 0004 rebuilds `split_accounts` as its key's B-tree alone: a database
+    /// written under 0001–0003 keeps every row, the table is `WITHOUT ROWID`, and it is
+    /// still immutable.
+    #[tokio::test]
+    async fn split_accounts_migrates_to_its_key_alone_with_every_row() {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        for sql in [
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+            include_str!("../../migrations/sqlite/0002_lifecycle.sql"),
+            include_str!("../../migrations/sqlite/0003_entries_by_order.sql"),
+        ] {
+            sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+        }
+        let split = "INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at,
+             ruleset_version, paid, sales, primary_promoter, month, result, created_at)
+             VALUES (?, 'f', 'M1', 'C1', 'CNY', ?, 1, 100, 100, NULL, '2026-11', '{}', 0)";
+        let share = "INSERT INTO split_accounts (account, paid_at, order_id, currency, amount,
+             ruleset_version) VALUES (?, ?, ?, 'CNY', ?, 1)";
+        let mut before = Vec::new();
+        for (o, paid_at) in [("O1", 10_i64), ("O2", 5), ("O3", 20)] {
+            sqlx::query(split)
+                .bind(o)
+                .bind(paid_at)
+                .execute(&mut c)
+                .await
+                .unwrap();
+            for (a, amount) in [("merchant:M1", 90_i64), ("promoter:P1", 10)] {
+                sqlx::query(share)
+                    .bind(a)
+                    .bind(paid_at)
+                    .bind(o)
+                    .bind(amount)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                before.push((a.to_string(), paid_at, o.to_string(), amount));
+            }
+        }
+        sqlx::raw_sql(include_str!(
+            "../../migrations/sqlite/0004_split_accounts_without_rowid.sql"
+        ))
+        .execute(&mut c)
+        .await
+        .unwrap();
+        let after: Vec<(String, i64, String, i64)> = sqlx::query_as(
+            "SELECT account, paid_at, order_id, amount FROM split_accounts
+             ORDER BY account, paid_at, order_id",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        before.sort();
+        assert_eq!(after, before, "every row kept");
+        let ddl: String =
+            sqlx::query_scalar("SELECT sql FROM sqlite_schema WHERE name = 'split_accounts'")
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+        assert!(ddl.contains("WITHOUT ROWID"), "{ddl}");
+        for write in [
+            "UPDATE split_accounts SET amount = 0",
+            "DELETE FROM split_accounts",
+        ] {
+            let e = sqlx::query(write).execute(&mut c).await.unwrap_err();
+            assert!(e.to_string().contains("split_accounts is immutable"), "{e}");
+        }
+    }
+
     /// Durability is a setting: both writing connections must sync the WAL at every commit.
     #[tokio::test]
     async fn the_writer_syncs_every_commit_in_wal_mode() {
