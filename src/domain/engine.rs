@@ -19,7 +19,7 @@ use super::ruleset::{
     Metric, OrderIndex, Rate, Rule, RuleSet, Schedule,
 };
 use super::split::{
-    find_total, same_id, sort_by_account, Account, AccountAmount, ChainMember, Explanation,
+    find_total, same_id, sort_by_account, Account, AccountAmount, ChainMember, Explanation, Figure,
     InvariantViolation, LineSplit, Share, ShareKind, SplitResult, Text, WeightEntry,
 };
 
@@ -559,7 +559,7 @@ fn level_amount(
     line: &Line,
     base_x: &Exact,
     ctx: &Context,
-) -> (Exact, Text, Vec<Text>) {
+) -> (Exact, Figure, Vec<Text>) {
     let cur = order.currency;
     // Adjustment additions of this level (rate schedules only), in document order.
     let mut add: Option<Exact> = None;
@@ -580,8 +580,8 @@ fn level_amount(
     };
     // Without an adjustment the rate is the rule's own, whose text is already rendered.
     let text = |rate: &Exact, i: usize| match (&add, rule.rate_texts.get(i)) {
-        (None, Some(t)) => t.clone(),
-        _ => rate.to_text(),
+        (None, Some(t)) => Figure::Text(t.clone()),
+        _ => rate.to_figure(),
     };
     let (amount, rate) = match &rule.schedule {
         Schedule::Rates(r) => {
@@ -592,13 +592,16 @@ fn level_amount(
             let per_unit = cur.major_to_minor(&f[k as usize - 1]);
             (
                 per_unit.mul(&Exact::int(i128::from(line.quantity))),
-                compact_str::format_compact!("{} per unit", f[k as usize - 1]),
+                Figure::Text(compact_str::format_compact!(
+                    "{} per unit",
+                    f[k as usize - 1]
+                )),
             )
         }
         Schedule::Ladder(l) if k == 1 => {
             let (_, eff) = ladder_amount(l, cur, prior_volume(l.metric, ctx), order.sales());
             let rate = plus(&eff);
-            (rate.mul(base_x), rate.to_text())
+            (rate.mul(base_x), rate.to_figure())
         }
         Schedule::Ladder(l) => {
             let rate = plus(&l.levels[k as usize - 2]);
@@ -638,7 +641,7 @@ fn commission_pieces(
     let level = |k: u32| level_amount(k, rule, &adjustments, order, line, &base_x, ctx);
     let levels = rule.schedule.len().min(rs.max_levels as usize);
     let first_promoter = shares.len();
-    let expl = |level: u32, rate: Text, ids: Vec<Text>| {
+    let expl = |level: u32, rate: Figure, ids: Vec<Text>| {
         let mut e = Explanation::of(ShareKind::Commission, base);
         e.rule_id = Text::from(rule.id.as_str());
         e.level = level;
@@ -648,7 +651,7 @@ fn commission_pieces(
     };
     if levels >= 1 {
         let active = att.weights.iter().filter(|w| w.node.is_active()).count();
-        let mut level1: Option<(Exact, Text, Vec<Text>)> = None;
+        let mut level1: Option<(Exact, Figure, Vec<Text>)> = None;
         let mut given = 0;
         for w in &att.weights {
             if !w.node.is_active() {
@@ -667,7 +670,7 @@ fn commission_pieces(
                 (rate1.clone(), ids1.clone())
             };
             let mut e = expl(1, rate, ids);
-            e.weight = w.weight.to_text();
+            e.weight = w.weight.to_figure();
             // A single promoter's weight is 1: x·1 is x exactly.
             let exact = if w.weight.is_one() {
                 amount1.clone()
@@ -745,8 +748,8 @@ fn split_line(
         Explanation::of(ShareKind::MerchantResidual, d),
     ));
     let mut pe = Explanation::of(ShareKind::PlatformTake, d);
-    pe.rate = p_rate.text;
-    pe.exact = take_exact.to_text();
+    pe.rate = Figure::Text(p_rate.text);
+    pe.exact = take_exact.to_figure();
     pe.detail = take_detail;
     shares.push(share(Account::Platform, 0, pe));
     const PLATFORM: usize = 1;
@@ -754,8 +757,8 @@ fn split_line(
         let exact = p.share.value.mul(&take_x);
         let amount = round(&exact, rs.rounding)?;
         let mut e = Explanation::of(ShareKind::Partner, take);
-        e.rate = p.share.text.clone();
-        e.exact = exact.to_text();
+        e.rate = Figure::Text(p.share.text.clone());
+        e.exact = exact.to_figure();
         shares.push(share(
             Account::Partner(Text::from(p.id.as_str())),
             amount,
@@ -788,8 +791,8 @@ fn split_line(
         pe.detail = detail;
     }
     let mut fe = Explanation::of(ShareKind::ChannelFee, d);
-    fe.rate = fee_rate.text.clone();
-    fe.exact = fee_exact.to_text();
+    fe.rate = Figure::Text(fee_rate.text.clone());
+    fe.exact = fee_exact.to_figure();
     shares.push(share(
         Account::Channel(Text::from(order.channel_id())),
         fee,
@@ -826,7 +829,7 @@ fn split_line(
         }
     }
     for p in &mut pieces {
-        explanation(&mut shares, p).exact = p.exact.to_text();
+        explanation(&mut shares, p).exact = p.exact.to_figure();
         p.rounded = round(&p.exact, rs.rounding)?.max(0);
     }
     // Stage 9: guard.
@@ -866,8 +869,8 @@ fn split_shipping(rs: &RuleSet, order: &Order) -> Result<LineSplit, EngineError>
     let fee_exact = fee_rate.value.mul(&s_x);
     let fee = round(&fee_exact, rs.rounding)?.min(s);
     let mut fe = Explanation::of(ShareKind::ChannelFee, s);
-    fe.rate = fee_rate.text.clone();
-    fe.exact = fee_exact.to_text();
+    fe.rate = Figure::Text(fee_rate.text.clone());
+    fe.exact = fee_exact.to_figure();
     let mut me = Explanation::of(ShareKind::MerchantResidual, s);
     me.detail = Text::const_new("shipping carries no platform take and no commission");
     let mut shares = vec![share(
@@ -1022,7 +1025,7 @@ pub fn compute_with(
         .iter()
         .map(|w| WeightEntry {
             promoter: Text::from(w.node.id.as_str()),
-            weight: w.weight.to_text(),
+            weight: w.weight.to_figure(),
             primary: primary_id.as_deref() == Some(w.node.id.as_str()),
         })
         .collect();
@@ -1400,7 +1403,13 @@ rules:
             let rounded: i64 = pa[0]
                 .explanations
                 .iter()
-                .map(|e| e.exact.parse::<rust_decimal::Decimal>().unwrap().trunc())
+                .map(|e| {
+                    e.exact
+                        .to_string()
+                        .parse::<rust_decimal::Decimal>()
+                        .unwrap()
+                        .trunc()
+                })
                 .map(|d| i64::try_from(d.mantissa()).unwrap())
                 .sum();
             assert_eq!(pa[0].amount, rounded, "{doc}");

@@ -9,7 +9,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use super::split::Text;
+use super::split::{Figure, Text};
 use num_bigint::BigInt;
 use num_integer::Integer;
 use num_rational::{BigRational, Ratio};
@@ -523,6 +523,20 @@ impl Exact {
         }
     }
 
+    /// The value as a result [`Figure`]: kept as the value when it is narrow (every rate,
+    /// weight and amount of an ordinary split), to be rendered when the result is written;
+    /// rendered now otherwise. Its text is [`Exact::to_text`]'s.
+    pub fn to_figure(&self) -> Figure {
+        match self {
+            Exact::Dec(m, s) => Figure::Dec(*m, *s),
+            Exact::Small(r) => match narrow(r) {
+                Some((n, d)) => Figure::Ratio(n, d),
+                None => Figure::Text(self.to_text()),
+            },
+            Exact::Big(_) => Figure::Text(self.to_text()),
+        }
+    }
+
     /// Rounds to an integer with the given mode; `None` if it does not fit in i64.
     pub fn round_to_i64(&self, mode: Rounding) -> Option<i64> {
         match self {
@@ -535,6 +549,18 @@ impl Exact {
             Exact::Big(r) => round_big(r, mode).to_i64(),
         }
     }
+}
+
+/// Calls `f` with the text of `Dec(m, s)` ([`Figure::Dec`]), rendered on the stack.
+#[inline]
+pub(crate) fn with_dec_text<R>(m: i64, s: u32, f: impl FnOnce(&str) -> R) -> R {
+    f(render_dec(m, s).as_str())
+}
+
+/// Calls `f` with the text of the narrow `n / d` ([`Figure::Ratio`]), rendered on the stack.
+#[inline]
+pub(crate) fn with_narrow_text<R>(n: i64, d: i64, f: impl FnOnce(&str) -> R) -> R {
+    f(render_narrow(n, d).as_str())
 }
 
 /// Text written right to left into a stack buffer, then handed to the formatter once.
@@ -1127,9 +1153,31 @@ mod tests {
             assert_eq!(a.is_one(), a.to_big().is_one(), "{a:?}");
             assert_eq!(a.is_negative(), a.to_big().is_negative(), "{a:?}");
             assert_eq!(a.to_text(), a.to_string(), "{a:?}");
+            // The figure a result keeps renders the same text, and equals it as text.
+            let f = a.to_figure();
+            assert_eq!(f.to_string(), a.to_text(), "{a:?}");
+            assert_eq!(f, Figure::Text(a.to_text()), "{a:?}");
+            assert_eq!(f, a.to_string().as_str(), "{a:?}");
         }
         assert!(narrow_pairs > 15_000, "{narrow_pairs} narrow pairs");
         assert!(dec_pairs > 5_000, "{dec_pairs} decimal pairs");
+    }
+
+    #[test]
+    fn figures_keep_narrow_values_and_are_no_larger_than_a_text() {
+        assert!(matches!(dec("0.110").to_figure(), Figure::Dec(110, 3)));
+        assert!(matches!(
+            Exact::ratio(2, 3).unwrap().to_figure(),
+            Figure::Ratio(2, 3)
+        ));
+        let wide = Exact::ratio(1, i128::from(i64::MAX) + 2).unwrap();
+        assert!(matches!(wide.to_figure(), Figure::Text(_)));
+        assert_eq!(wide.to_figure(), wide.to_text().as_str());
+        assert_eq!(Figure::Dec(110, 3), Figure::Dec(11, 2));
+        assert_ne!(Figure::Dec(110, 3), Figure::Ratio(1, 9));
+        assert!(Figure::EMPTY.is_empty() && !Figure::Dec(0, 0).is_empty());
+        // Explanations move figures around: the enum must not grow them past a Text.
+        assert_eq!(std::mem::size_of::<Figure>(), std::mem::size_of::<Text>());
     }
 
     #[test]

@@ -12,6 +12,111 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// allocates nothing; longer text goes to the heap like a `String`.
 pub type Text = compact_str::CompactString;
 
+/// An exact figure of a result (a rate, a weight, an amount before rounding) as its
+/// text, or as the value that text is rendered from when the result is written.
+///
+/// The engine keeps the value (`Dec`, `Ratio`): rendering the eighteen figures of a
+/// 5-level split was the largest part of computing it, and a result is written at most
+/// twice (stored, answered), replayed results not at all. A result read back from JSON
+/// holds `Text`. Equality, `Display` and serde see only the text, so a computed result
+/// equals the same result read back.
+#[derive(Clone)]
+pub enum Figure {
+    /// The text itself: read from a stored result, or a rule's rate as its document wrote it.
+    Text(Text),
+    /// `m / 10^s` (`s ≤ 18`, `m ≠ i64::MIN`), not necessarily normalised.
+    Dec(i64, u32),
+    /// `n / d`, reduced, `d > 0`, `n ≠ i64::MIN`.
+    Ratio(i64, i64),
+}
+
+impl Figure {
+    /// No figure: skipped by the writers.
+    pub const EMPTY: Figure = Figure::Text(Text::const_new(""));
+
+    /// The figure of a static text.
+    pub const fn from_static(s: &'static str) -> Figure {
+        Figure::Text(Text::const_new(s))
+    }
+
+    /// Whether it is the empty text (a value is never empty).
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Figure::Text(t) if t.is_empty())
+    }
+
+    /// Calls `f` with the text: in place for `Text`, rendered on the stack otherwise.
+    #[inline]
+    pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        match self {
+            Figure::Text(t) => f(t),
+            Figure::Dec(m, s) => super::exact::with_dec_text(*m, *s, f),
+            Figure::Ratio(n, d) => super::exact::with_narrow_text(*n, *d, f),
+        }
+    }
+}
+
+impl Default for Figure {
+    fn default() -> Self {
+        Figure::EMPTY
+    }
+}
+
+impl From<Text> for Figure {
+    fn from(t: Text) -> Self {
+        Figure::Text(t)
+    }
+}
+
+impl From<&str> for Figure {
+    fn from(s: &str) -> Self {
+        Figure::Text(Text::from(s))
+    }
+}
+
+impl fmt::Display for Figure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.with_str(|s| f.write_str(s))
+    }
+}
+
+impl fmt::Debug for Figure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.with_str(|s| fmt::Debug::fmt(s, f))
+    }
+}
+
+impl PartialEq for Figure {
+    fn eq(&self, other: &Figure) -> bool {
+        self.with_str(|a| other.with_str(|b| a == b))
+    }
+}
+
+impl Eq for Figure {}
+
+impl PartialEq<str> for Figure {
+    fn eq(&self, other: &str) -> bool {
+        self.with_str(|a| a == other)
+    }
+}
+
+impl PartialEq<&str> for Figure {
+    fn eq(&self, other: &&str) -> bool {
+        self.with_str(|a| a == *other)
+    }
+}
+
+impl Serialize for Figure {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.with_str(|t| s.serialize_str(t))
+    }
+}
+
+impl<'de> Deserialize<'de> for Figure {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Text::deserialize(d).map(Figure::Text)
+    }
+}
+
 /// An account that receives money.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Account {
@@ -249,14 +354,14 @@ pub struct Explanation {
     /// What the rate applied to, minor units.
     pub base: i64,
     /// The exact rate.
-    #[serde(default, skip_serializing_if = "Text::is_empty")]
-    pub rate: Text,
+    #[serde(default, skip_serializing_if = "Figure::is_empty")]
+    pub rate: Figure,
     /// Attribution weight (level 1).
-    #[serde(default, skip_serializing_if = "Text::is_empty")]
-    pub weight: Text,
+    #[serde(default, skip_serializing_if = "Figure::is_empty")]
+    pub weight: Figure,
     /// Exact amount before rounding, minor units.
-    #[serde(default, skip_serializing_if = "Text::is_empty")]
-    pub exact: Text,
+    #[serde(default, skip_serializing_if = "Figure::is_empty")]
+    pub exact: Figure,
     /// The cap scaled it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub capped: bool,
@@ -290,9 +395,9 @@ impl Explanation {
             rule_id: Text::const_new(""),
             level: 0,
             base,
-            rate: Text::const_new(""),
-            weight: Text::const_new(""),
-            exact: Text::const_new(""),
+            rate: Figure::EMPTY,
+            weight: Figure::EMPTY,
+            exact: Figure::EMPTY,
             capped: false,
             guarded: false,
             compressed: false,
@@ -361,7 +466,7 @@ pub struct WeightEntry {
     /// Promoter id.
     pub promoter: Text,
     /// Exact weight.
-    pub weight: Text,
+    pub weight: Figure,
     /// The primary promoter.
     pub primary: bool,
 }

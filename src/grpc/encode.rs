@@ -58,7 +58,7 @@ pub fn split(r: &SplitResult) -> Bytes {
     for a in &r.attribution {
         w.message(11, |w| {
             w.str(1, &a.promoter);
-            w.str(2, &a.weight);
+            a.weight.with_str(|t| w.str(2, t));
             w.boolean(3, a.primary);
         });
     }
@@ -95,9 +95,10 @@ fn explanation(w: &mut Writer, e: &Explanation) {
     w.str(2, &e.rule_id);
     w.uint(3, u64::from(e.level));
     w.int64(4, e.base);
-    w.str(5, &e.rate);
-    w.str(6, &e.weight);
-    w.str(7, &e.exact);
+    // Figures are rendered here, onto the stack and straight into the message.
+    e.rate.with_str(|t| w.str(5, t));
+    e.weight.with_str(|t| w.str(6, t));
+    e.exact.with_str(|t| w.str(7, t));
     w.boolean(8, e.capped);
     w.boolean(9, e.guarded);
     w.boolean(10, e.compressed);

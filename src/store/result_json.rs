@@ -66,7 +66,7 @@ pub fn write(r: &SplitResult) -> String {
         w.raw("{\"promoter\":");
         w.str(&a.promoter);
         w.raw(",\"weight\":");
-        w.str(&a.weight);
+        a.weight.with_str(|t| w.str(t));
         w.raw(if a.primary {
             ",\"primary\":true}"
         } else {
@@ -146,9 +146,10 @@ fn explanation(w: &mut Json, e: &Explanation) {
     }
     w.raw(",\"base\":");
     w.int(e.base);
-    w.text_field(",\"rate\":", &e.rate);
-    w.text_field(",\"weight\":", &e.weight);
-    w.text_field(",\"exact\":", &e.exact);
+    // Figures are rendered here, onto the stack and straight into the text.
+    e.rate.with_str(|t| w.text_field(",\"rate\":", t));
+    e.weight.with_str(|t| w.text_field(",\"weight\":", t));
+    e.exact.with_str(|t| w.text_field(",\"exact\":", t));
     if e.capped {
         w.raw(",\"capped\":true");
     }
