@@ -563,6 +563,20 @@ pub(crate) fn with_narrow_text<R>(n: i64, d: i64, f: impl FnOnce(&str) -> R) -> 
     f(render_narrow(n, d).as_str())
 }
 
+/// `Dec(m, s)` as its text's parts: (negative, whole part, fraction, fraction digits `k`),
+/// trailing zeros of the fraction dropped, so that the text is `-`? whole (`.` the
+/// fraction zero-padded to `k` digits)? — what [`render_dec`] writes.
+#[inline]
+pub(crate) fn dec_parts(m: i64, s: u32) -> (bool, u64, u64, u32) {
+    let (mut a, mut k) = (m.unsigned_abs(), s);
+    while k > 0 && a % 10 == 0 {
+        a /= 10;
+        k -= 1;
+    }
+    let unit = POW10[k as usize];
+    (m < 0, a / unit, a % unit, k)
+}
+
 /// Text written right to left into a stack buffer, then handed to the formatter once.
 /// Large enough for `-n/d` with 19-digit n and d, and for `-w.f` with 29 digits and 28
 /// fraction digits.
@@ -1158,6 +1172,7 @@ mod tests {
             assert_eq!(f.to_string(), a.to_text(), "{a:?}");
             assert_eq!(f, Figure::Text(a.to_text()), "{a:?}");
             assert_eq!(f, a.to_string().as_str(), "{a:?}");
+            assert_eq!(f.with_pieces(|p| p.concat()), a.to_text(), "{a:?}");
         }
         assert!(narrow_pairs > 15_000, "{narrow_pairs} narrow pairs");
         assert!(dec_pairs > 5_000, "{dec_pairs} decimal pairs");

@@ -53,7 +53,35 @@ impl Figure {
             Figure::Ratio(n, d) => super::exact::with_narrow_text(*n, *d, f),
         }
     }
+
+    /// Calls `f` with the text in consecutive pieces, what a writer copies one after the
+    /// other: a `Text` is one piece; a decimal is its sign, whole digits, point, leading
+    /// zeros of the fraction and the fraction's digits, each from `itoa` or a constant,
+    /// so nothing is rendered into a buffer and validated again.
+    #[inline]
+    pub fn with_pieces<R>(&self, f: impl FnOnce(&[&str]) -> R) -> R {
+        match self {
+            Figure::Text(t) => f(&[t.as_str()]),
+            Figure::Dec(m, s) => {
+                let (neg, whole, frac, k) = super::exact::dec_parts(*m, *s);
+                let sign = if neg { "-" } else { "" };
+                let mut wb = itoa::Buffer::new();
+                let w = wb.format(whole);
+                if k == 0 {
+                    return f(&[sign, w]);
+                }
+                let mut fb = itoa::Buffer::new();
+                let fr = fb.format(frac);
+                let zeros = &ZEROS[..k as usize - fr.len()];
+                f(&[sign, w, ".", zeros, fr])
+            }
+            Figure::Ratio(..) => self.with_str(|t| f(&[t])),
+        }
+    }
 }
+
+/// Leading zeros of a fraction: a `Figure::Dec` has at most 18 fraction digits.
+const ZEROS: &str = "000000000000000000";
 
 impl Default for Figure {
     fn default() -> Self {

@@ -13,7 +13,7 @@ use prost::encoding::encode_varint;
 
 use super::convert;
 use crate::domain::money::{self, Currency};
-use crate::domain::split::{Account, Explanation, LineSplit, Share, SplitResult};
+use crate::domain::split::{Account, Explanation, Figure, LineSplit, Share, SplitResult};
 
 /// Wire types of the protobuf encoding used here.
 const VARINT: u32 = 0;
@@ -58,7 +58,7 @@ pub fn split(r: &SplitResult) -> Bytes {
     for a in &r.attribution {
         w.message(11, |w| {
             w.str(1, &a.promoter);
-            a.weight.with_str(|t| w.str(2, t));
+            w.figure(2, &a.weight);
             w.boolean(3, a.primary);
         });
     }
@@ -95,10 +95,9 @@ fn explanation(w: &mut Writer, e: &Explanation) {
     w.str(2, &e.rule_id);
     w.uint(3, u64::from(e.level));
     w.int64(4, e.base);
-    // Figures are rendered here, onto the stack and straight into the message.
-    e.rate.with_str(|t| w.str(5, t));
-    e.weight.with_str(|t| w.str(6, t));
-    e.exact.with_str(|t| w.str(7, t));
+    w.figure(5, &e.rate);
+    w.figure(6, &e.weight);
+    w.figure(7, &e.exact);
     w.boolean(8, e.capped);
     w.boolean(9, e.guarded);
     w.boolean(10, e.compressed);
@@ -144,6 +143,21 @@ impl Writer {
     fn str(&mut self, field: u32, s: &str) {
         if !s.is_empty() {
             self.element(field, s);
+        }
+    }
+
+    /// A figure as a string field, unless it is empty: a value is written here in pieces
+    /// (digits, point), not rendered into a buffer first.
+    fn figure(&mut self, field: u32, f: &Figure) {
+        if !f.is_empty() {
+            f.with_pieces(|pieces| {
+                self.key(field, LEN);
+                let len: usize = pieces.iter().map(|p| p.len()).sum();
+                encode_varint(len as u64, &mut self.out);
+                for p in pieces {
+                    self.out.extend_from_slice(p.as_bytes());
+                }
+            });
         }
     }
 

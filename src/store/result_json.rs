@@ -11,7 +11,9 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::domain::split::{Account, Explanation, LineSplit, Share, ShareKind, SplitResult};
+use crate::domain::split::{
+    Account, Explanation, Figure, LineSplit, Share, ShareKind, SplitResult,
+};
 
 /// `serde_json::to_string(r)`.
 pub fn write(r: &SplitResult) -> String {
@@ -66,7 +68,7 @@ pub fn write(r: &SplitResult) -> String {
         w.raw("{\"promoter\":");
         w.str(&a.promoter);
         w.raw(",\"weight\":");
-        a.weight.with_str(|t| w.str(t));
+        w.figure(&a.weight);
         w.raw(if a.primary {
             ",\"primary\":true}"
         } else {
@@ -146,10 +148,9 @@ fn explanation(w: &mut Json, e: &Explanation) {
     }
     w.raw(",\"base\":");
     w.int(e.base);
-    // Figures are rendered here, onto the stack and straight into the text.
-    e.rate.with_str(|t| w.text_field(",\"rate\":", t));
-    e.weight.with_str(|t| w.text_field(",\"weight\":", t));
-    e.exact.with_str(|t| w.text_field(",\"exact\":", t));
+    w.figure_field(",\"rate\":", &e.rate);
+    w.figure_field(",\"weight\":", &e.weight);
+    w.figure_field(",\"exact\":", &e.exact);
     if e.capped {
         w.raw(",\"capped\":true");
     }
@@ -194,6 +195,27 @@ impl Json {
         if !s.is_empty() {
             self.raw(key);
             self.str(s);
+        }
+    }
+
+    /// `key` and the figure, unless it is empty.
+    fn figure_field(&mut self, key: &str, f: &Figure) {
+        if !f.is_empty() {
+            self.raw(key);
+            self.figure(f);
+        }
+    }
+
+    /// A figure as a JSON string: a value is written here in pieces (digits, point) that need
+    /// no escape; a text is escaped like any other.
+    fn figure(&mut self, f: &Figure) {
+        match f {
+            Figure::Text(t) => self.str(t),
+            _ => {
+                self.0.push('"');
+                f.with_pieces(|pieces| pieces.iter().for_each(|p| self.0.push_str(p)));
+                self.0.push('"');
+            }
         }
     }
 
