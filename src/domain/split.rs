@@ -16,10 +16,10 @@ pub type Text = compact_str::CompactString;
 /// text, or as the value that text is rendered from when the result is written.
 ///
 /// The engine keeps the value (`Dec`, `Ratio`): rendering the eighteen figures of a
-/// 5-level split was the largest part of computing it, and a result is written at most
-/// twice (stored, answered), replayed results not at all. A result read back from JSON
-/// holds `Text`. Equality, `Display` and serde see only the text, so a computed result
-/// equals the same result read back.
+/// 5-level split was the largest part of computing it. The JSON and protobuf writers write
+/// a value's digits straight into their output ([`Figure::with_pieces`]); a result read
+/// back from JSON holds `Text`, which they copy. Equality, `Display` and serde see only the
+/// text, so a computed result equals the same result read back.
 #[derive(Clone)]
 pub enum Figure {
     /// The text itself: read from a stored result, or a rule's rate as its document wrote it.
@@ -33,11 +33,6 @@ pub enum Figure {
 impl Figure {
     /// No figure: skipped by the writers.
     pub const EMPTY: Figure = Figure::Text(Text::const_new(""));
-
-    /// The figure of a static text.
-    pub const fn from_static(s: &'static str) -> Figure {
-        Figure::Text(Text::const_new(s))
-    }
 
     /// Whether it is the empty text (a value is never empty).
     pub fn is_empty(&self) -> bool {
