@@ -568,13 +568,19 @@ pub(crate) fn with_narrow_text<R>(n: i64, d: i64, f: impl FnOnce(&str) -> R) -> 
 /// fraction zero-padded to `k` digits)? — what [`render_dec`] writes.
 #[inline]
 pub(crate) fn dec_parts(m: i64, s: u32) -> (bool, u64, u64, u32) {
-    let (mut a, mut k) = (m.unsigned_abs(), s);
+    let (a, k) = without_trailing_zeros(m.unsigned_abs(), s);
+    let unit = POW10[k as usize];
+    (m < 0, a / unit, a % unit, k)
+}
+
+/// a / 10^k as the same value with no trailing zero in its fraction.
+#[inline]
+fn without_trailing_zeros(mut a: u64, mut k: u32) -> (u64, u32) {
     while k > 0 && a % 10 == 0 {
         a /= 10;
         k -= 1;
     }
-    let unit = POW10[k as usize];
-    (m < 0, a / unit, a % unit, k)
+    (a, k)
 }
 
 /// Text written right to left into a stack buffer, then handed to the formatter once.
@@ -628,11 +634,8 @@ impl Backwards {
     /// a / 10^k without trailing zeros: the whole part (0 if none), then the point and
     /// the fraction if one is left. `false`, writing nothing, when more than 19 fraction
     /// digits are left (a u128 matter).
-    fn decimal(&mut self, mut a: u64, mut k: u32) -> bool {
-        while k > 0 && a % 10 == 0 {
-            a /= 10;
-            k -= 1;
-        }
+    fn decimal(&mut self, a: u64, k: u32) -> bool {
+        let (a, k) = without_trailing_zeros(a, k);
         if k > 19 {
             return false;
         }
