@@ -13,6 +13,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::app::App;
 use crate::config::Settings;
+use crate::grpc::frames::{small_frames_layer, Unvectored};
 use crate::grpc::pb::network_service_server::NetworkServiceServer;
 use crate::grpc::pb::rule_service_server::RuleServiceServer;
 use crate::grpc::pb::server::commission_service_server::CommissionServiceServer;
@@ -165,7 +166,8 @@ pub async fn run(
     // Order of the stack (outermost first): catch panics around everything, so a panic in
     // any layer is an INTERNAL status; then the per-call timeout, which also bounds the
     // wait in line; then the global concurrency limit, so calls beyond it wait before any
-    // work. A client's own grpc-timeout still applies inside (tonic).
+    // work; innermost, answers cut into frames h2 writes together (grpc::frames). A
+    // client's own grpc-timeout still applies inside (tonic).
     let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(limits.max_streams_per_connection as usize)
         .max_concurrent_streams(limits.max_streams_per_connection)
@@ -178,6 +180,7 @@ pub async fn run(
         .layer(GlobalConcurrencyLimitLayer::new(
             limits.max_concurrent_requests,
         ))
+        .layer(small_frames_layer())
         .add_service(health)
         .add_service(reflection)
         .add_service(
@@ -204,11 +207,13 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // tonic's tcp_nodelay does not reach connections accepted from our own listener: set it
     // on each one, or every response's trailer waits ~40 ms for a delayed ACK (Nagle).
+    // Each connection is `Unvectored`, so h2 coalesces answers of up to 1 KiB a frame
+    // (grpc::frames; small_frames_layer above cuts the bodies to fit).
     let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
         if let Ok(c) = &conn {
             let _ = c.set_nodelay(true);
         }
-        conn
+        conn.map(Unvectored)
     });
     let serving = server.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;

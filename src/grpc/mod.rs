@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod encode;
 pub mod error;
+pub mod frames;
 pub mod pb;
 pub mod services;
 pub mod wire;

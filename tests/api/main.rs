@@ -9,6 +9,7 @@ mod behaviour;
 mod cli;
 mod concurrency;
 mod events;
+mod frames;
 mod lifecycle;
 mod partitions;
 mod replicas;
