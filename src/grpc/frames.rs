@@ -92,7 +92,8 @@ impl AsyncWrite for Unvectored {
 /// below its chain threshold there, 1,024 bytes).
 pub const FRAME_BELOW_CHAIN: usize = 1023;
 
-/// Largest data chunk cut into small frames: 16 frames, what h2's write buffer holds.
+/// Largest data chunk cut into small frames: 16 frames, about what h2's 16 KiB write
+/// buffer holds.
 pub const MAX_COALESCED: usize = 16 * FRAME_BELOW_CHAIN;
 
 /// What [`small_frames_layer`] applies to every response.
