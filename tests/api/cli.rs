@@ -113,3 +113,59 @@ fn validate_prints_each_problem_with_its_path_and_fails() {
     );
     assert!(out.contains("warning: max_levels"), "{out}");
 }
+
+/// `prorata bench --scenario replay` against a live server: it stores its orders, then
+/// replays them from bytes encoded once, and every replay succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_replays_its_stored_orders_without_a_failure() {
+    let Some(app) = crate::helpers::TestApp::spawn(crate::helpers::Backend::Sqlite).await else {
+        return;
+    };
+    let addr = format!("http://{}", app.addr);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_prorata"))
+        .args([
+            "bench",
+            "--addr",
+            &addr,
+            "--scenario",
+            "replay",
+            "--setup",
+            "--replay-orders",
+            "20",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--concurrency",
+            "4",
+            "--connections",
+            "2",
+        ])
+        .output()
+        .await
+        .expect("run prorata bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("ok calls:"))
+        .unwrap_or_else(|| panic!("no summary in {stdout}"));
+    let ok: u64 = line["ok calls: ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ok > 0, "{line}");
+    assert!(line.contains("failed: 0;"), "{line}");
+    assert_eq!(
+        app.count("splits").await,
+        20,
+        "only the 20 set-up orders are stored"
+    );
+    app.shutdown().await;
+}
