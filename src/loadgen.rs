@@ -892,8 +892,7 @@ struct Ctx {
     conns: Vec<Conn>,
     next_conn: AtomicUsize,
     gen: OrderGen,
-    replays: Vec<pb::Order>,
-    /// `replays`, each encoded as a `ComputeRequest`.
+    /// replay: the stored orders, each encoded once as a `ComputeRequest`.
     replay_bodies: Vec<bytes::Bytes>,
     /// upline: the depth of the promoters asked for (and the `max_depth` sent).
     upline_depth: usize,
@@ -1221,15 +1220,9 @@ fn first_request(ctx: &Ctx, n: u64) -> (&'static str, Vec<u8>) {
             }
             .encode_to_vec(),
         ),
-        Scenario::Replay => (
-            "/prorata.v1.CommissionService/Compute",
-            pb::ComputeRequest {
-                order: Some(ctx.replays[0].clone()),
-            }
-            .encode_to_vec(),
-        ),
+        Scenario::Replay => (COMPUTE_PATH, ctx.replay_bodies[0].to_vec()),
         Scenario::Compute => (
-            "/prorata.v1.CommissionService/Compute",
+            COMPUTE_PATH,
             pb::ComputeRequest {
                 order: Some(ctx.gen.order(n).order),
             }
@@ -1468,20 +1461,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
             network: NetworkServiceClient::new(ch.clone()),
         })
         .collect();
-    let replays = if args.scenario == Scenario::Replay {
-        store_replay_orders(&conns, &gen, args.replay_orders, args.concurrency).await?
+    let replay_bodies = if args.scenario == Scenario::Replay {
+        store_replay_orders(&conns, &gen, args.replay_orders, args.concurrency)
+            .await?
+            .into_iter()
+            .map(|o| prost::Message::encode_to_vec(&pb::ComputeRequest { order: Some(o) }).into())
+            .collect()
     } else {
         Vec::new()
     };
-    let replay_bodies = replays
-        .iter()
-        .map(|o| {
-            prost::Message::encode_to_vec(&pb::ComputeRequest {
-                order: Some(o.clone()),
-            })
-            .into()
-        })
-        .collect();
     let first_n = if args.scenario == Scenario::Replay {
         args.replay_orders as u64
     } else {
@@ -1500,7 +1488,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
             page_token: String::new(),
         },
         gen,
-        replays,
         replay_bodies,
         shards: (0..STAT_SHARDS).map(|_| Mutex::new(Stats::new())).collect(),
     });

@@ -6,19 +6,10 @@
 use bytes::{Buf, Bytes};
 use prorata::grpc::frames::FRAME_BELOW_CHAIN;
 use prorata::grpc::pb;
+use prorata::loadgen::grpc_frame;
 use prost::Message;
 
 use crate::helpers::{order, Backend, TestApp};
-
-/// `msg` framed as one gRPC message (uncompressed).
-fn grpc_frame(msg: &impl Message) -> Bytes {
-    let body = msg.encode_to_vec();
-    let mut out = Vec::with_capacity(5 + body.len());
-    out.push(0);
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out.into()
-}
 
 #[tokio::test]
 async fn a_stored_split_goes_out_in_frames_below_the_chain_threshold() {
@@ -64,9 +55,12 @@ async fn a_stored_split_goes_out_in_frames_below_the_chain_threshold() {
     .unwrap();
     let (resp, mut send) = client.send_request(req, false).unwrap();
     send.send_data(
-        grpc_frame(&pb::GetSplitRequest {
-            order_id: "O-FRAMES".into(),
-        }),
+        Bytes::from(grpc_frame(
+            &pb::GetSplitRequest {
+                order_id: "O-FRAMES".into(),
+            }
+            .encode_to_vec(),
+        )),
         true,
     )
     .unwrap();
