@@ -6,7 +6,9 @@
 //! back to one savepoint per order if any order of it fails. Idempotency is unchanged (a
 //! duplicate later in the batch replays the first), volume counters move in the order the
 //! calls arrived, and commits stay synchronous: a caller hears back only after the
-//! transaction holding its result is durable.
+//! transaction holding its result is durable. A store may return a batch committed but not
+//! yet synced, with a ticket (SQLite, `store::wal_sync`): its answers then wait for the sync
+//! in a task of their own, and the worker takes the next batch once that sync has started.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +67,7 @@ pub const QUEUE: usize = 4096;
 
 struct Job {
     pending: PendingSplit,
-    reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+    reply: Reply,
 }
 
 /// The queue and its workers.
@@ -138,25 +140,49 @@ async fn worker(store: Arc<dyn Store>, rx: Arc<Mutex<mpsc::Receiver<Job>>>, s: G
         metrics::histogram!("prorata_group_commit_batch_orders").record(batch.len() as f64);
         let (pendings, replies): (Vec<PendingSplit>, Vec<_>) =
             batch.into_iter().map(|j| (j.pending, j.reply)).unzip();
-        match store.commit_splits(&pendings).await {
-            Ok(results) => {
-                for (reply, r) in replies.into_iter().zip(results) {
-                    let _ = reply.send(r);
-                }
+        match store.commit_splits_staged(&pendings).await {
+            Ok((results, 0)) => answer(replies, results),
+            // Committed, not yet durable: the answers wait for the sync in a task of their
+            // own, and this worker takes the next batch now (store::wal_sync).
+            Ok((results, ticket)) => {
+                let s = store.clone();
+                tokio::spawn(async move {
+                    match s.durable(ticket).await {
+                        Ok(()) => answer(replies, results),
+                        Err(e) => fail(replies, e),
+                    }
+                });
+                // Every batch committed before the sync covering this one starts would
+                // share that sync: wait for it to start and take the calls queued
+                // meanwhile as one batch, instead of as many small ones that each write
+                // the shared pages again (RESULTS.md §18, §24).
+                store.sync_started(ticket).await;
             }
-            Err(e) => {
-                // The transaction failed as a whole: nothing of the batch was stored.
-                let unavailable = matches!(e, StoreError::Unavailable(_));
-                let msg = e.to_string();
-                for reply in replies {
-                    let err = if unavailable {
-                        StoreError::Unavailable(msg.clone())
-                    } else {
-                        StoreError::Database(msg.clone())
-                    };
-                    let _ = reply.send(Err(err));
-                }
-            }
+            // The transaction failed as a whole: nothing of the batch was stored.
+            Err(e) => fail(replies, e),
         }
+    }
+}
+
+type Reply = oneshot::Sender<Result<CommitOutcome, StoreError>>;
+
+fn answer(replies: Vec<Reply>, results: Vec<Result<CommitOutcome, StoreError>>) {
+    for (reply, r) in replies.into_iter().zip(results) {
+        let _ = reply.send(r);
+    }
+}
+
+/// Every caller of the batch hears the same error: UNAVAILABLE stays UNAVAILABLE (retry),
+/// anything else is a database error.
+fn fail(replies: Vec<Reply>, e: StoreError) {
+    let unavailable = matches!(e, StoreError::Unavailable(_));
+    let msg = e.to_string();
+    for reply in replies {
+        let err = if unavailable {
+            StoreError::Unavailable(msg.clone())
+        } else {
+            StoreError::Database(msg.clone())
+        };
+        let _ = reply.send(Err(err));
     }
 }

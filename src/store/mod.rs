@@ -10,6 +10,7 @@ pub mod postgres;
 pub mod result_json;
 pub mod sqlite;
 mod sqlite_bulk;
+mod wal_sync;
 
 use std::sync::Arc;
 
@@ -540,6 +541,23 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::commit_split`] for many orders in one transaction (group commit), each in
     /// its own savepoint. The outer error fails the whole batch (nothing was stored).
     async fn commit_splits(&self, batch: &[PendingSplit]) -> Result<Vec<Result<CommitOutcome>>>;
+    /// [`Store::commit_splits`] that may return once the batch is committed but before it
+    /// is durable, with a ticket: nobody may hear of the batch's results until
+    /// [`Store::durable`] of that ticket has returned `Ok`. Group commit writes the next
+    /// batch meanwhile. By default the batch is durable on return (ticket 0).
+    async fn commit_splits_staged(
+        &self,
+        batch: &[PendingSplit],
+    ) -> Result<(Vec<Result<CommitOutcome>>, u64)> {
+        Ok((self.commit_splits(batch).await?, 0))
+    }
+    /// Returns once every batch up to `ticket` of [`Store::commit_splits_staged`] is durable.
+    async fn durable(&self, _ticket: u64) -> Result<()> {
+        Ok(())
+    }
+    /// Returns once the sync that will make `ticket` durable has started, so that a batch
+    /// committed after it is not covered by it (group commit paces its batches on this).
+    async fn sync_started(&self, _ticket: u64) {}
     /// Splits where `account` holds a share with from ≤ paid_at < to, newest first.
     async fn list_splits(
         &self,
