@@ -28,6 +28,8 @@ use crate::store::Store;
 pub const REDIS_HEALTH_NAME: &str = "prorata.v1.Cache";
 /// How often the Redis health status is refreshed.
 const REDIS_HEALTH_PERIOD_MS: u64 = 250;
+/// How often health looks for a store failure that needs a restart (`Store::failed`).
+const STORE_HEALTH_PERIOD_MS: u64 = 250;
 
 /// Opens the configured store (PostgreSQL when a URL is set, SQLite otherwise) and runs
 /// its migrations.
@@ -163,6 +165,23 @@ pub async fn run(
         })
     });
 
+    // A store that failed for good (a WAL it could not sync) serves nothing until it is
+    // restarted: say so to the probes, once, for the service and every part of it.
+    let store_health = {
+        let (app, reporter) = (app.clone(), health_reporter.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(STORE_HEALTH_PERIOD_MS));
+            loop {
+                tick.tick().await;
+                if let Some(e) = app.store().failed() {
+                    tracing::error!(error = %e, "the store failed: NOT_SERVING until restarted");
+                    not_serving(&reporter).await;
+                    break;
+                }
+            }
+        })
+    };
+
     // Order of the stack (outermost first): catch panics around everything, so a panic in
     // any layer is an INTERNAL status; then the per-call timeout, which also bounds the
     // wait in line; then the global concurrency limit, so calls beyond it wait before any
@@ -223,12 +242,7 @@ pub async fn run(
         r = &mut serving => r.map_err(anyhow::Error::from),
         () = shutdown => {
             tracing::info!("shutting down: draining in-flight calls");
-            // Probes read the overall status: say NOT_SERVING for it and every service.
-            health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-            health_reporter.set_not_serving::<CommissionServiceServer<Services>>().await;
-            health_reporter.set_not_serving::<RuleServiceServer<Services>>().await;
-            health_reporter.set_not_serving::<NetworkServiceServer<Services>>().await;
-            health_reporter.set_not_serving::<SettlementServiceServer<Services>>().await;
+            not_serving(&health_reporter).await;
             let _ = stop_tx.send(());
             match tokio::time::timeout(limits.shutdown_grace, &mut serving).await {
                 Ok(r) => r.map_err(anyhow::Error::from),
@@ -240,10 +254,30 @@ pub async fn run(
         }
     };
     refresh.abort();
+    store_health.abort();
     if let Some(h) = redis_health {
         h.abort();
     }
     result
+}
+
+/// NOT_SERVING for the overall status, which probes read, and for every service.
+async fn not_serving(reporter: &tonic_health::server::HealthReporter) {
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_not_serving::<CommissionServiceServer<Services>>()
+        .await;
+    reporter
+        .set_not_serving::<RuleServiceServer<Services>>()
+        .await;
+    reporter
+        .set_not_serving::<NetworkServiceServer<Services>>()
+        .await;
+    reporter
+        .set_not_serving::<SettlementServiceServer<Services>>()
+        .await;
 }
 
 /// Binds the configured address.

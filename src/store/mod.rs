@@ -555,6 +555,11 @@ pub trait Store: Send + Sync + 'static {
     async fn durable(&self, _ticket: u64) -> Result<()> {
         Ok(())
     }
+    /// A failure the store cannot recover from without a restart (SQLite: a failed sync of
+    /// its WAL), which health then reports as NOT_SERVING. `None` by default.
+    fn failed(&self) -> Option<String> {
+        None
+    }
     /// Returns once the sync that will make `ticket` durable has started, so that a batch
     /// committed after it is not covered by it (group commit paces its batches on this).
     async fn sync_started(&self, _ticket: u64) {}

@@ -939,6 +939,10 @@ impl Store for SqliteStore {
         self.wal.through(ticket).await
     }
 
+    fn failed(&self) -> Option<String> {
+        self.wal.check().err().map(|e| e.to_string())
+    }
+
     async fn sync_started(&self, ticket: u64) {
         self.wal.started(ticket).await
     }

@@ -551,6 +551,59 @@ async fn explanations_say_why_each_share_is_what_it_is(backend: Backend) {
 }
 both_backends!(explanations_say_why_each_share_is_what_it_is);
 
+/// A batch whose WAL cannot be synced (here the WAL file is gone from its directory) is
+/// not answered as stored: the call is UNAVAILABLE, so is every later read or write, and
+/// health says NOT_SERVING, so that the service is restarted instead of serving what may
+/// not be on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_wal_sync_is_unavailable_and_not_serving() {
+    let Some(mut app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    app.publish("platform: {rate: '0.10'}\n").await;
+    let compute = |id: &str| pb::ComputeRequest {
+        order: Some(order(id, "C1", "50.00")),
+    };
+    app.commission.compute(compute("O-1")).await.unwrap();
+    let mut wal = app.sqlite_path().unwrap().into_os_string();
+    wal.push("-wal");
+    std::fs::remove_file(&wal).unwrap();
+    let e = app.commission.compute(compute("O-2")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("WAL"), "{}", e.message());
+    let e = app
+        .commission
+        .get_split(pb::GetSplitRequest {
+            order_id: "O-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "a read is refused too: {e:?}");
+    let e = app.commission.compute(compute("O-3")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "and a later write: {e:?}");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    let mut status = None;
+    for _ in 0..40 {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        status = Some(r.status);
+        if r.status != tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status,
+        Some(tonic_health::pb::health_check_response::ServingStatus::NotServing as i32)
+    );
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_answer() {
     let Some(app) = TestApp::spawn(Backend::Sqlite).await else {

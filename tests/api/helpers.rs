@@ -155,6 +155,11 @@ impl TestApp {
         })
     }
 
+    /// The SQLite database file (`None` on PostgreSQL).
+    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        self._tmp.as_ref().map(|t| t.path().join("test.db"))
+    }
+
     /// Rows in a table, read over a separate connection.
     pub async fn count(&self, table: &str) -> i64 {
         let q = format!("SELECT COUNT(*) AS n FROM {table}");
