@@ -122,18 +122,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let services = Services::new(app.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<CommissionServiceServer<Services>>()
-        .await;
-    health_reporter
-        .set_serving::<RuleServiceServer<Services>>()
-        .await;
-    health_reporter
-        .set_serving::<NetworkServiceServer<Services>>()
-        .await;
-    health_reporter
-        .set_serving::<SettlementServiceServer<Services>>()
-        .await;
+    set_all(&health_reporter, tonic_health::ServingStatus::Serving).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -175,7 +164,7 @@ pub async fn run(
                 tick.tick().await;
                 if let Some(e) = app.store().failed() {
                     tracing::error!(error = %e, "the store failed: NOT_SERVING until restarted");
-                    not_serving(&reporter).await;
+                    set_all(&reporter, tonic_health::ServingStatus::NotServing).await;
                     break;
                 }
             }
@@ -242,7 +231,7 @@ pub async fn run(
         r = &mut serving => r.map_err(anyhow::Error::from),
         () = shutdown => {
             tracing::info!("shutting down: draining in-flight calls");
-            not_serving(&health_reporter).await;
+            set_all(&health_reporter, tonic_health::ServingStatus::NotServing).await;
             let _ = stop_tx.send(());
             match tokio::time::timeout(limits.shutdown_grace, &mut serving).await {
                 Ok(r) => r.map_err(anyhow::Error::from),
@@ -261,23 +250,21 @@ pub async fn run(
     result
 }
 
-/// NOT_SERVING for the overall status, which probes read, and for every service.
-async fn not_serving(reporter: &tonic_health::server::HealthReporter) {
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_not_serving::<CommissionServiceServer<Services>>()
-        .await;
-    reporter
-        .set_not_serving::<RuleServiceServer<Services>>()
-        .await;
-    reporter
-        .set_not_serving::<NetworkServiceServer<Services>>()
-        .await;
-    reporter
-        .set_not_serving::<SettlementServiceServer<Services>>()
-        .await;
+/// One status for the overall service, which probes read, and for every service.
+async fn set_all(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    use tonic::server::NamedService;
+    for name in [
+        "",
+        CommissionServiceServer::<Services>::NAME,
+        RuleServiceServer::<Services>::NAME,
+        NetworkServiceServer::<Services>::NAME,
+        SettlementServiceServer::<Services>::NAME,
+    ] {
+        reporter.set_service_status(name, status).await;
+    }
 }
 
 /// Binds the configured address.
