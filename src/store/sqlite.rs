@@ -887,7 +887,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await?;
         // What was read is durable before it is shown (store::wal_sync).
-        self.wal.settle().await?;
+        self.wal.settle_if(row.is_some()).await?;
         row.map(|r| {
             Ok(StoredSplit {
                 fingerprint: r.try_get("fingerprint")?,
@@ -1018,7 +1018,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        self.wal.settle().await?;
+        self.wal.settle_if(!rows.is_empty()).await?;
         rows.iter()
             .map(|r| {
                 Ok(AccountSplit {
@@ -1120,7 +1120,7 @@ impl Store for SqliteStore {
             .bind(us(as_of))
             .fetch_all(&self.reader)
             .await?;
-        self.wal.settle().await?;
+        self.wal.settle_if(!rows.is_empty()).await?;
         rows.iter()
             .map(|r| {
                 Ok(Balance::from_sums(
@@ -1157,7 +1157,7 @@ impl Store for SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(&self.reader)
             .await?;
-        self.wal.settle().await?;
+        self.wal.settle_if(!rows.is_empty()).await?;
         rows.iter().map(|r| entry_row(r, now)).collect()
     }
 
@@ -1324,7 +1324,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        self.wal.settle().await?;
+        self.wal.settle_if(!rows.is_empty()).await?;
         rows.iter()
             .map(|r| {
                 super::outbox_row(
@@ -1445,15 +1445,22 @@ mod tests {
         assert_eq!(waited, (true, true), "both writes waited for the gate");
     }
 
-    /// What a read returns is durable: a read made while a group-commit batch is committed
-    /// but not yet synced (its ticket taken by hand here) syncs it before it returns.
+    /// What a read returns is durable: a read that finds rows while a group-commit batch
+    /// is committed but not yet synced (its ticket taken by hand here) syncs it before it
+    /// returns; a read that finds nothing does not wait.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_return_only_what_is_synced() {
         let dir = std::env::temp_dir().join(format!("prorata-settle-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let store = SqliteStore::open(&dir.join("db.sqlite")).await.unwrap();
         let s = &store;
-        let now = Utc::now();
+        let out = s.commit_splits(&[pending("O-1")]).await.unwrap();
+        assert!(
+            matches!(out[0], Ok(CommitOutcome::Stored { .. })),
+            "{out:?}"
+        );
+        let now = Utc::now() + chrono::Duration::days(30);
+        let syncs = s.wal.syncs();
         let mut seen = Vec::new();
         for read in [
             "get_split",
@@ -1461,35 +1468,44 @@ mod tests {
             "balances",
             "list_entries",
             "outbox_unpublished",
+            "order_state",
         ] {
             let ticket = s.wal.committed();
-            match read {
-                "get_split" => assert!(s.get_split("O-1").await.unwrap().is_none()),
-                "list_splits" => assert!(s
-                    .list_splits("merchant:M", None, None, None, 5)
+            let found = match read {
+                "get_split" => s.get_split("O-1").await.unwrap().is_some(),
+                "list_splits" => !s
+                    .list_splits("merchant:M1", None, None, None, 5)
                     .await
                     .unwrap()
-                    .is_empty()),
-                "balances" => assert!(s.balances("merchant:M", now).await.unwrap().is_empty()),
-                "list_entries" => assert!(s
-                    .list_entries("merchant:M", None, None, 0, 5, now)
+                    .is_empty(),
+                "balances" => !s.balances("merchant:M1", now).await.unwrap().is_empty(),
+                "list_entries" => !s
+                    .list_entries("merchant:M1", None, None, 0, 5, now)
                     .await
                     .unwrap()
-                    .is_empty()),
-                _ => assert!(s.outbox_unpublished(5).await.unwrap().is_empty()),
-            }
-            seen.push((read, s.wal.synced() >= ticket));
+                    .is_empty(),
+                "outbox_unpublished" => !s.outbox_unpublished(5).await.unwrap().is_empty(),
+                _ => s.order_state("O-1", now).await.unwrap().is_some(),
+            };
+            seen.push((read, found, s.wal.synced() >= ticket));
         }
-        assert_eq!(
-            s.wal.syncs(),
-            5,
-            "one sync per read, each with a commit pending"
-        );
-        s.get_split("O-1").await.unwrap();
-        assert_eq!(s.wal.syncs(), 5, "nothing pending: no sync");
+        let after_reads = s.wal.syncs();
+        // Nothing found: no wait, though a batch is pending.
+        let ticket = s.wal.committed();
+        assert!(s.get_split("O-2").await.unwrap().is_none());
+        let empty = (s.wal.syncs(), s.wal.synced() >= ticket);
         store.close().await;
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(seen.iter().all(|(_, synced)| *synced), "{seen:?}");
+        assert!(
+            seen.iter().all(|(_, found, synced)| *found && *synced),
+            "{seen:?}"
+        );
+        assert_eq!(
+            after_reads - syncs,
+            6,
+            "one sync per read, each with a batch pending"
+        );
+        assert_eq!(empty, (after_reads, false), "an empty read did not sync");
     }
 
     /// A Compute of a new 2-line order under a 10 % rule, for group commit.

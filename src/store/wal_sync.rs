@@ -18,9 +18,9 @@
 //!   (`commit::worker`), that is after an `fsync` of the WAL that started after the
 //!   batch's commit returned, when every frame of the batch was already written;
 //! - every read of the store that can see a batch's rows (a replay, GetSplit, ListSplits,
-//!   balances, entries, the outbox relay) waits, after reading, until everything
-//!   committed by then is synced ([`WalSync::settle`]), so nothing not yet durable is
-//!   ever shown or published;
+//!   balances, entries, the outbox relay) and found some waits, after reading, until
+//!   everything committed by then is synced ([`WalSync::settle_if`]), so nothing not yet
+//!   durable is ever shown or published;
 //! - writes through the store's other connection keep `synchronous = FULL`;
 //! - SQLite's own checkpoints still sync the WAL before copying it into the database
 //!   file, and sync a restarted WAL's header before its first frame (`NORMAL` keeps both:
@@ -28,8 +28,8 @@
 //!   header when it restarts the log).
 //!
 //! A failed sync leaves the file's state unknown (the kernel may have dropped the dirty
-//! pages): the store refuses every later write and every read that would wait on it,
-//! UNAVAILABLE, until it is restarted, as PostgreSQL does since 2018.
+//! pages): the store refuses every later write and read, UNAVAILABLE, and health says
+//! NOT_SERVING until it is restarted, as PostgreSQL stops since 2018.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -169,6 +169,18 @@ impl WalSync {
     #[cfg(test)]
     pub(super) async fn hold(&self) -> tokio::sync::SemaphorePermit<'_> {
         self.syncing.acquire().await.expect("never closed")
+    }
+
+    /// [`WalSync::settle`] after a read that found something to show. A read that found
+    /// nothing shows nothing that could be lost (a Compute's look-up of its own order id
+    /// finds nothing, and must not wait for other batches' syncs), so it only checks that
+    /// the store has not failed.
+    pub(super) async fn settle_if(&self, found: bool) -> Result<()> {
+        if found {
+            self.settle().await
+        } else {
+            self.check()
+        }
     }
 
     /// Syncs run so far.
