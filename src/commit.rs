@@ -143,7 +143,7 @@ async fn worker(store: Arc<dyn Store>, rx: Arc<Mutex<mpsc::Receiver<Job>>>, s: G
         match store.commit_splits_staged(&pendings).await {
             Ok((results, 0)) => answer(replies, results),
             // Committed, not yet durable: the answers wait for the sync in a task of their
-            // own, and this worker takes the next batch now (store::wal_sync).
+            // own (store::wal_sync), and this worker goes on to the next batch.
             Ok((results, ticket)) => {
                 let s = store.clone();
                 tokio::spawn(async move {
