@@ -172,8 +172,8 @@ impl WalSync {
     }
 
     /// [`WalSync::settle`] after a read that found something to show. A read that found
-    /// nothing shows nothing that could be lost (a Compute's look-up of its own order id
-    /// finds nothing, and must not wait for other batches' syncs), so it only checks that
+    /// nothing shows nothing that could be lost (a look-up of an unknown order id, an empty
+    /// page or outbox), so it does not wait for other batches' syncs; it only checks that
     /// the store has not failed.
     pub(super) async fn settle_if(&self, found: bool) -> Result<()> {
         if found {
