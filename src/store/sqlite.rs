@@ -1508,7 +1508,7 @@ mod tests {
         assert_eq!(empty, (after_reads, false), "an empty read did not sync");
     }
 
-    /// A Compute of a new 2-line order under a 10 % rule, for group commit.
+    /// A Compute of a new one-line order under a 10 % rule, for group commit.
     fn pending(id: &str) -> PendingSplit {
         use crate::domain::network::NetworkSnapshot;
         use crate::domain::order::{Order, RawAmount, RawLine, RawOrder};

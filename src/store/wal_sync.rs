@@ -123,7 +123,7 @@ impl WalSync {
         let path = self.path.clone();
         let open = self.file.lock().expect("never poisoned").clone();
         self.started.send_modify(|s| *s = (*s).max(target));
-        let started = std::time::Instant::now();
+        let began = std::time::Instant::now();
         let synced = tokio::task::spawn_blocking(move || sync_file(&path, open)).await;
         let outcome = match synced {
             Ok(Ok(f)) => {
@@ -137,7 +137,7 @@ impl WalSync {
             Ok(()) => {
                 self.syncs.fetch_add(1, Ordering::Relaxed);
                 metrics::histogram!("prorata_sqlite_wal_sync_seconds")
-                    .record(started.elapsed().as_secs_f64());
+                    .record(began.elapsed().as_secs_f64());
                 self.synced.send_modify(|s| *s = (*s).max(target));
                 Ok(())
             }
