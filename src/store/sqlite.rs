@@ -41,8 +41,17 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rows per multi-row INSERT: 9 columns × 500 stays far below SQLite's 32,766 bound
 /// parameters per statement.
 const MAX_ROWS_PER_INSERT: usize = 500;
-/// Page cache of each connection: the hot pages of every index a Compute writes.
+/// Page cache of each sqlx connection.
 const PAGE_CACHE_KIB: u32 = 64 * 1024;
+/// Page cache of the group-commit connection: smaller, because SQLite 3.46 walks all of it
+/// at the end of most of its transactions. A B-tree balance that swaps two new pages uses
+/// the 1 GiB lock-byte page's number as a temporary one; the page cache then remembers
+/// that number as its largest key, and the commit's truncation to the database's size
+/// scans every hash slot and cached page (about 230 µs per batch at 64 MiB, the server's
+/// hottest function; RESULTS.md §25). 16 MiB (4,096 pages) holds the last leaves of
+/// some 2,000 accounts in both per-account indexes; with 100,000 promoters paid at random
+/// it stored as much as 64 MiB did.
+const WRITER_PAGE_CACHE_KIB: u32 = 16 * 1024;
 /// How often the background checkpointer copies the WAL into the database file while
 /// the WAL grows: at 3,000 orders/s about 6 orders' pages (some 40 pages each,
 /// RESULTS.md §14).
@@ -113,7 +122,12 @@ impl SqliteStore {
             )
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
-        let bulk = BulkWriter::open(path, BUSY_TIMEOUT, PAGE_CACHE_KIB, WRITER_CHECKPOINT_PAGES)?;
+        let bulk = BulkWriter::open(
+            path,
+            BUSY_TIMEOUT,
+            WRITER_PAGE_CACHE_KIB,
+            WRITER_CHECKPOINT_PAGES,
+        )?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
