@@ -10,6 +10,8 @@
 # WALCOPY=1: also copy the WAL 6 s into each round and, at the end, count each commit's frames by
 # table or index (benches/sqlite/walframes.py). SEED=FILE: start from a copy of that SQLite file
 # (a database grown earlier, or one padded with an unrelated table) instead of an empty one.
+# NETWORK=n: a generated network of n promoters (`prorata bench --network`) instead of the
+# classic 1,000, imported first and paid by the orders.
 set -e
 BIN=$1 PORT=$2 NAME=$3 ROUNDS=$4; shift 4
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -21,7 +23,7 @@ SP=$!
 trap 'kill $SP 2>/dev/null || true' EXIT
 for i in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 B() { $BIN bench --addr http://127.0.0.1:$PORT "$@"; }
-B --mode closed --duration 0.2 --warmup 0 --concurrency 1 --connections 1 --scenario empty --setup > $D/setup.txt 2>&1
+B --mode closed --duration 0.2 --warmup 0 --concurrency 1 --connections 1 --scenario empty --setup ${NETWORK:+--network $NETWORK} > $D/setup.txt 2>&1
 ticks() { awk '{print $14 + $15}' /proc/$SP/stat; }
 idle() { awk '/^cpu /{print $5 + $6}' /proc/stat; }
 size() { [ -f "$1" ] && du -m "$1" | cut -f1 || echo 0; }
@@ -29,7 +31,7 @@ for r in $(seq 1 $ROUNDS); do
   t0=$(ticks) i0=$(idle)
   if [ -n "$WALCOPY" ]; then (sleep 6; cp $D/db.sqlite-wal $D/wal$r) & fi
   B --mode closed --concurrency ${C:-32} --connections 4 --duration 8 --warmup 1 --scenario compute \
-    --lines 2 --refund-ratio 0 > $D/c$r.txt 2>&1
+    ${NETWORK:+--network $NETWORK} --lines 2 --refund-ratio 0 > $D/c$r.txt 2>&1
   t1=$(ticks) i1=$(idle)
   curl -s 127.0.0.1:$MPORT/metrics > $D/m$r.txt
   prev=$D/m$((r - 1)).txt; [ -f $prev ] || prev=-
