@@ -525,13 +525,7 @@ async fn bad_rule_sets_and_network_changes_are_refused_and_change_nothing(backen
         .await
         .unwrap_err();
     assert!(e.message().starts_with("max_depth:"), "{}", e.message());
-    let e = app
-        .commission
-        .get_split(pb::GetSplitRequest {
-            order_id: "no such/order".into(),
-        })
-        .await
-        .unwrap_err();
+    let e = app.get_split("no such/order").await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     app.shutdown().await;
 }

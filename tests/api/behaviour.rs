@@ -33,16 +33,7 @@ async fn a_replay_is_byte_identical_and_the_minor_form_is_the_same_order(backend
         .unwrap();
     assert_eq!(again.metadata().get("prorata-replayed").unwrap(), "true");
     assert_eq!(again.into_inner().split.unwrap(), first);
-    let read = app
-        .commission
-        .get_split(pb::GetSplitRequest {
-            order_id: "O-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .split
-        .unwrap();
+    let read = app.get_split("O-1").await.unwrap().split.unwrap();
     assert_eq!(read, first);
     // Now answered from the result cache with the bytes encoded for the first replay.
     for _ in 0..2 {
@@ -64,13 +55,7 @@ async fn a_replay_is_byte_identical_and_the_minor_form_is_the_same_order(backend
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
-    let e = app
-        .commission
-        .get_split(pb::GetSplitRequest {
-            order_id: "O-404".into(),
-        })
-        .await
-        .unwrap_err();
+    let e = app.get_split("O-404").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     // The database itself refuses to change a stored result.
     assert!(app.execute("UPDATE splits SET paid = 0").await.is_err());
@@ -571,13 +556,7 @@ async fn a_failed_wal_sync_is_unavailable_and_not_serving() {
     let e = app.commission.compute(compute("O-2")).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("WAL"), "{}", e.message());
-    let e = app
-        .commission
-        .get_split(pb::GetSplitRequest {
-            order_id: "O-1".into(),
-        })
-        .await
-        .unwrap_err();
+    let e = app.get_split("O-1").await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "a read is refused too: {e:?}");
     let e = app.commission.compute(compute("O-3")).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "and a later write: {e:?}");

@@ -30,16 +30,7 @@ async fn a_stored_split_goes_out_in_frames_below_the_chain_threshold() {
         .compute(pb::ComputeRequest { order: Some(o) })
         .await
         .unwrap();
-    let expected = app
-        .commission
-        .get_split(pb::GetSplitRequest {
-            order_id: "O-FRAMES".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .split
-        .unwrap();
+    let expected = app.get_split("O-FRAMES").await.unwrap().split.unwrap();
 
     let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();

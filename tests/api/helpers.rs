@@ -210,6 +210,19 @@ impl TestApp {
             .into_inner()
     }
 
+    /// GetSplit of one order id: the answer or the call's status.
+    pub async fn get_split(
+        &mut self,
+        order_id: &str,
+    ) -> Result<pb::GetSplitResponse, tonic::Status> {
+        self.commission
+            .get_split(pb::GetSplitRequest {
+                order_id: order_id.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// Upserts a promoter with an optional parent; panics on failure.
     pub async fn promoter(&mut self, id: &str, parent: Option<&str>) {
         self.network

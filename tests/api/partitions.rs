@@ -79,13 +79,7 @@ async fn rows_land_in_their_month_and_a_detached_month_is_refused_not_recomputed
     ))
     .await
     .expect("detach");
-    let e = app
-        .commission
-        .get_split(pb::GetSplitRequest {
-            order_id: "O-last".into(),
-        })
-        .await
-        .unwrap_err();
+    let e = app.get_split("O-last").await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     // A retry of the archived order is refused, never computed a second time.
     let e = app
