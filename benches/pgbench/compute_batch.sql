@@ -4,16 +4,20 @@
 --
 -- MIRRORS src/store/postgres.rs `commit_bulk` + `write_new`, statement for statement:
 --   BEGIN
---   order locks        pg_advisory_xact_lock of every order id, sorted
---   stored splits      split_keys LEFT JOIN splits, every id at once
+--   claim              one statement: pg_advisory_xact_lock of every order id, sorted, and
+--                      every id's split_keys row inserted (ON CONFLICT DO NOTHING RETURNING);
+--                      the server reads stored splits only for ids it could not claim,
+--                      which these new orders never are
 --   counters           every counter row of the batch made to exist and locked (sorted)
 --   buyers             the batch's buyers claimed (ON CONFLICT DO NOTHING RETURNING)
 --                      (both skipped here with -D deferred=1: see below)
---   split_keys, splits one multi-row insert each (result JSON: bench_payloads)
---   split_accounts     one row per account per order
---   entries            one ledger entry per account per order
---   outbox             one split_computed event per order (empty body: the relay reads splits.result)
---   counters           the final values (deferred=1: the batch's sums added, rows sorted)
+--   write              one statement, a data-modifying CTE per table:
+--                        splits (result JSON: bench_payloads), split_accounts (one row per
+--                        account per order), entries (one ledger entry per account per
+--                        order), outbox (one split_computed event per order, empty body:
+--                        the relay reads splits.result)
+--   counters           the batch's sums added, rows sorted (deferred=1: add_to_counters;
+--                      the server's deferred=0 writes final values inside the write)
 --   buyers             deferred=1 only: claimed here, after the counters
 --   COMMIT
 -- deferred=1 mirrors a batch whose rule sets read no order history (no month ladder,
@@ -38,12 +42,13 @@
 
 BEGIN;
 
-SELECT pg_advisory_xact_lock(hashtextextended(o, 0))
-  FROM (SELECT order_id AS o FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq) ORDER BY 1) AS s;
-
-SELECT k.order_id, s.fingerprint, s.result FROM split_keys k
-  LEFT JOIN splits s ON s.order_id = k.order_id AND s.paid_at = k.paid_at
-  WHERE k.order_id = ANY(ARRAY(SELECT order_id FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq)));
+-- The order locks (sorted ids) and the keys claimed, in one statement: commit_bulk reads
+-- stored results only for ids whose key was taken, which these new orders never are.
+WITH b AS (SELECT order_id, paid_at FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq)),
+     locks AS (SELECT pg_advisory_xact_lock(hashtextextended(o, 0)) FROM (SELECT order_id AS o FROM b ORDER BY 1) AS s)
+INSERT INTO split_keys (order_id, paid_at)
+  SELECT order_id, paid_at FROM b WHERE (SELECT count(*) FROM locks) >= 0 ORDER BY order_id
+  ON CONFLICT (order_id) DO NOTHING RETURNING order_id;
 
 \if :deferred
 \else
@@ -63,37 +68,33 @@ INSERT INTO buyers (buyer, first_order_id)
   ON CONFLICT (buyer) DO NOTHING RETURNING buyer;
 \endif
 
-INSERT INTO split_keys (order_id, paid_at)
-  SELECT order_id, paid_at FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq);
-
-INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version, paid,
-                    sales, primary_promoter, month, result, created_at)
-  SELECT b.order_id, md5(b.order_id) || md5(b.buyer), b.merchant, b.buyer, 'CNY', b.paid_at, 1,
-         b.sales, b.sales, b.promoter, '2026-11', p.body, now()
-  FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq) AS b JOIN bench_payloads p ON p.id = b.payload;
-
-INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version)
-  SELECT a, b.paid_at, b.order_id, 'CNY', 100, 1
-  FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq) AS b,
-       LATERAL UNNEST(
-         ARRAY['merchant:' || b.merchant, 'platform', 'partner:' || 'bench-partner', 'channel:' || 'alipay']
-           || ARRAY(SELECT 'promoter:' || 'bench-p-' || lpad(b.chain::text, 3, '0') || '-' || d
-                    FROM generate_series(1, b.levels) AS d)) AS a;
-
-INSERT INTO entries (account, currency, amount, deferred, available_at, source_kind, source_id, order_id, created_at)
-  SELECT a, 'CNY', 100, false, b.paid_at + interval '7 days', 'split', b.order_id, b.order_id, now()
-  FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq) AS b,
-       LATERAL UNNEST(
-         ARRAY['merchant:' || b.merchant, 'platform', 'partner:' || 'bench-partner', 'channel:' || 'alipay']
-           || ARRAY(SELECT 'promoter:' || 'bench-p-' || lpad(b.chain::text, 3, '0') || '-' || d
-                    FROM generate_series(1, b.levels) AS d)) AS a;
-
+-- The rows, one statement with a data-modifying CTE per table (write_new).
+WITH b AS MATERIALIZED (SELECT * FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq)),
+     accounts AS MATERIALIZED (
+       SELECT b.order_id, b.paid_at, a FROM b,
+              LATERAL UNNEST(
+                ARRAY['merchant:' || b.merchant, 'platform', 'partner:' || 'bench-partner', 'channel:' || 'alipay']
+                  || ARRAY(SELECT 'promoter:' || 'bench-p-' || lpad(b.chain::text, 3, '0') || '-' || d
+                           FROM generate_series(1, b.levels) AS d)) AS a),
+     results AS (
+       INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version, paid,
+                           sales, primary_promoter, month, result, created_at)
+       SELECT b.order_id, md5(b.order_id) || md5(b.buyer), b.merchant, b.buyer, 'CNY', b.paid_at, 1,
+              b.sales, b.sales, b.promoter, '2026-11', p.body, now()
+       FROM b JOIN bench_payloads p ON p.id = b.payload),
+     shares AS (
+       INSERT INTO split_accounts (account, paid_at, order_id, currency, amount, ruleset_version)
+       SELECT a, paid_at, order_id, 'CNY', 100, 1 FROM accounts),
+     ledger AS (
+       INSERT INTO entries (account, currency, amount, deferred, available_at, source_kind, source_id, order_id, created_at)
+       SELECT a, 'CNY', 100, false, paid_at + interval '7 days', 'split', order_id, order_id, now() FROM accounts)
 INSERT INTO outbox (event_id, kind, key, body, created_at)
   SELECT 'split_computed:' || b.order_id, 'split_computed', b.order_id, '', now()
-  FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq) AS b
-  ORDER BY b.i
+  FROM b ORDER BY b.i
   ON CONFLICT DO NOTHING;
 
+-- The counters: deferred=1, the batch's sums added in a statement of their own after the
+-- rows (add_to_counters); deferred=0 writes their final values the same way.
 INSERT INTO volumes (kind, subject, currency, month, amount)
   SELECT k, s, 'CNY', '2026-11', delta FROM (
     SELECT k, s, sum(sales) AS delta FROM (

@@ -2,7 +2,8 @@
 //!
 //! A batch of orders is stored in one transaction with a fixed number of statements,
 //! whatever its size: the backend takes every order lock (sorted), reads the stored
-//! results of all ids at once, locks and reads every volume counter the batch moves
+//! results of all ids at once (PostgreSQL claims every id's key with its locks and reads
+//! only the ids it could not claim), locks and reads every volume counter the batch moves
 //! (one sorted statement), claims the buyers seen for the first time, then hands that
 //! state to [`plan`]. [`plan`] runs the engine for each order in batch order, moving the
 //! counters in memory exactly as one transaction per order would, and checks every
@@ -15,6 +16,8 @@
 //! would get alone.
 
 use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
 
 use super::{encode_result, CommitOutcome, PendingSplit, Result, StoredSplit};
 use crate::domain::engine::Context;
@@ -53,6 +56,19 @@ pub(crate) fn order_ids(batch: &[PendingSplit]) -> Vec<String> {
     ids.sort();
     ids.dedup();
     ids
+}
+
+/// Every distinct order id of a batch, sorted as [`order_ids`], with the payment time of
+/// its first order in the batch (the one a batch stores when an id comes twice).
+pub(crate) fn order_keys(batch: &[PendingSplit]) -> (Vec<String>, Vec<DateTime<Utc>>) {
+    let mut keys: Vec<(&str, DateTime<Utc>)> = batch
+        .iter()
+        .map(|p| (p.plan.order_id.as_str(), p.plan.paid_at))
+        .collect();
+    // Stable: among equal ids the first in the batch stays first, and dedup keeps it.
+    keys.sort_by(|a, b| a.0.cmp(b.0));
+    keys.dedup_by(|later, first| later.0 == first.0);
+    keys.into_iter().map(|(id, t)| (id.to_owned(), t)).unzip()
 }
 
 /// What the orders not stored yet will lock and claim.

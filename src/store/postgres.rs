@@ -518,7 +518,7 @@ async fn commit_one(
         plan.fingerprint.clone(),
         compute(&ctx)?,
     )?);
-    write_new(tx, &one).await?;
+    write_new(tx, &one, Keys::Insert).await?;
     let result = one.new.into_iter().next().expect("one new split").result;
     let mut upgraded = Vec::new();
     if let Some(p) = &plan.primary_promoter {
@@ -547,31 +547,61 @@ async fn commit_bulk(
     batch: &[PendingSplit],
 ) -> Result<Vec<Result<CommitOutcome>>> {
     let mut phase = batch::Phases::start();
-    let ids = batch::order_ids(batch);
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended(o, 0)) FROM UNNEST($1::text[]) WITH ORDINALITY AS x(o, n) ORDER BY n",
+    // One statement takes every order lock (sorted ids, as the single-order path takes
+    // its one) and claims every id's key: ON CONFLICT sees committed and in-flight keys
+    // whatever the statement's snapshot, waiting for an in-flight one to commit. In the
+    // common case every id is new and that is the whole read; ids already stored are
+    // then read, with a fresh snapshot that sees them.
+    let (ids, paid_at) = batch::order_keys(batch);
+    let claimed: Vec<String> = sqlx::query_scalar(
+        "WITH locks AS (
+             SELECT pg_advisory_xact_lock(hashtextextended(o, 0))
+             FROM UNNEST($1::text[]) WITH ORDINALITY AS x(o, n) ORDER BY n)
+         INSERT INTO split_keys (order_id, paid_at)
+         SELECT o, t FROM UNNEST($1::text[], $2::timestamptz[]) WITH ORDINALITY AS x(o, t, n)
+         WHERE (SELECT count(*) FROM locks) >= 0
+         ORDER BY n
+         ON CONFLICT (order_id) DO NOTHING
+         RETURNING order_id",
     )
     .bind(&ids)
-    .execute(&mut **tx)
-    .await?;
-    let rows = sqlx::query(
-        "SELECT k.order_id, s.fingerprint, s.result FROM split_keys k
-         LEFT JOIN splits s ON s.order_id = k.order_id AND s.paid_at = k.paid_at
-         WHERE k.order_id = ANY($1::text[])",
-    )
-    .bind(&ids)
+    .bind(&paid_at)
     .fetch_all(&mut **tx)
     .await?;
-    let mut stored = HashMap::with_capacity(rows.len());
-    for r in rows {
-        let row = match r.try_get::<Option<String>, _>("result")? {
-            Some(json) => batch::StoredRow::Split(Box::new(StoredSplit {
-                fingerprint: r.try_get("fingerprint")?,
-                result: decode_result(&json)?,
-            })),
-            None => batch::StoredRow::Archived,
-        };
-        stored.insert(r.try_get::<String, _>("order_id")?, row);
+    let mut stored = HashMap::new();
+    if claimed.len() < ids.len() {
+        let claimed: HashSet<&str> = claimed.iter().map(String::as_str).collect();
+        let known: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !claimed.contains(id))
+            .collect();
+        let rows = sqlx::query(
+            "SELECT k.order_id, s.fingerprint, s.result FROM split_keys k
+             LEFT JOIN splits s ON s.order_id = k.order_id AND s.paid_at = k.paid_at
+             WHERE k.order_id = ANY($1::text[])",
+        )
+        .bind(&known)
+        .fetch_all(&mut **tx)
+        .await?;
+        for r in rows {
+            let row = match r.try_get::<Option<String>, _>("result")? {
+                Some(json) => batch::StoredRow::Split(Box::new(StoredSplit {
+                    fingerprint: r.try_get("fingerprint")?,
+                    result: decode_result(&json)?,
+                })),
+                None => batch::StoredRow::Archived,
+            };
+            stored.insert(r.try_get::<String, _>("order_id")?, row);
+        }
+        // A key that conflicted is committed, so the read above sees it; if it did not,
+        // storing the order anyway could store it twice: fail the bulk attempt instead
+        // (the batch is then stored one order per savepoint, under the order lock).
+        if let Some(lost) = known.iter().find(|id| !stored.contains_key(**id)) {
+            return Err(StoreError::Database(format!(
+                "order {lost}: its key is taken but no stored split was read"
+            )));
+        }
     }
     let claims = batch::claims(batch, &stored);
     // A batch whose rule sets read no order history (no month ladder, no first_order
@@ -623,12 +653,15 @@ async fn commit_bulk(
     phase.done("engine");
     if !plan.new.is_empty() {
         if deferred {
+            // The counters move in a statement of their own, after the rows: in the
+            // write's statement their upsert would run first and hold the counter rows,
+            // which every concurrent batch shares, while all the rows are inserted.
             let sums = std::mem::take(&mut plan.counters);
-            write_new(tx, &plan).await?;
+            write_new(tx, &plan, Keys::Claimed).await?;
             add_to_counters(tx, &sums).await?;
             claim_buyers(tx, &claims.buyers).await?;
         } else {
-            write_new(tx, &plan).await?;
+            write_new(tx, &plan, Keys::Claimed).await?;
         }
     }
     let mut upgraded = Vec::with_capacity(plan.new.len());
@@ -705,10 +738,23 @@ fn unzip4(keys: &[batch::CounterKey]) -> (Vec<String>, Vec<String>, Vec<String>,
     out
 }
 
+/// Whether [`write_new`] inserts the orders' `split_keys` rows or finds them claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keys {
+    /// Inserted with the rest (the single-order path, which holds the order lock).
+    Insert,
+    /// Claimed earlier in the transaction (the bulk path).
+    Claimed,
+}
+
 /// The rows of a batch's new splits and its counters' final values, in one statement
 /// (one round trip): a data-modifying CTE per table. Foreign keys are checked at the end
 /// of the statement, so `splits` may name the `split_keys` rows inserted beside it.
-async fn write_new(tx: &mut Transaction<'_, Postgres>, plan: &batch::Plan) -> Result<()> {
+async fn write_new(
+    tx: &mut Transaction<'_, Postgres>,
+    plan: &batch::Plan,
+    split_keys: Keys,
+) -> Result<()> {
     let new = &plan.new;
     let col =
         |f: fn(&SplitResult) -> &str| -> Vec<&str> { new.iter().map(|n| f(&n.result)).collect() };
@@ -758,7 +804,7 @@ async fn write_new(tx: &mut Transaction<'_, Postgres>, plan: &batch::Plan) -> Re
     sqlx::query(
         "WITH keys AS (
              INSERT INTO split_keys (order_id, paid_at)
-             SELECT * FROM UNNEST($1::text[], $2::timestamptz[])),
+             SELECT * FROM UNNEST($1::text[], $2::timestamptz[]) WHERE $32),
          results AS (
              INSERT INTO splits (order_id, fingerprint, merchant, buyer, currency, paid_at, ruleset_version,
                                  paid, sales, primary_promoter, month, result, created_at)
@@ -822,6 +868,7 @@ async fn write_new(tx: &mut Transaction<'_, Postgres>, plan: &batch::Plan) -> Re
     .bind(&vc)
     .bind(&vm)
     .bind(plan.counters.iter().map(|(_, v)| *v).collect::<Vec<_>>())
+    .bind(split_keys == Keys::Insert)
     .execute(&mut **tx)
     .await?;
     Ok(())

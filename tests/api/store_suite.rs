@@ -636,6 +636,25 @@ async fn a_batch_stores_what_one_order_at_a_time_would_and_a_bad_order_fails_alo
     let sum: i64 = (0..64).map(|i| 100 + i).sum();
     assert_eq!(after, ctx(true, 32_000 + sum, 37_000 + sum));
     assert_eq!(app.count("splits").await, 4 + 64 + 1);
+
+    // The refused order's failed bulk attempt kept nothing of it (on PostgreSQL the batch
+    // claimed its key first): once valid, it is stored, in a batch beside a replay.
+    let batch = vec![
+        pending(&order("O-4", "B3", 1_000), Some("P"), &seen, false),
+        pending(&order("O-5", "B3", 2_000), Some("P"), &seen, false),
+    ];
+    let out = s.commit_splits(&batch).await.unwrap();
+    assert!(
+        matches!(out[0], Ok(CommitOutcome::Stored { .. })),
+        "{:?}",
+        out[0]
+    );
+    assert!(
+        matches!(out[1], Ok(CommitOutcome::Existing(_))),
+        "{:?}",
+        out[1]
+    );
+    assert_eq!(app.count("splits").await, 4 + 64 + 2);
     app.shutdown().await;
 }
 both_backends!(a_batch_stores_what_one_order_at_a_time_would_and_a_bad_order_fails_alone);
