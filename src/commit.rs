@@ -68,6 +68,8 @@ pub const QUEUE: usize = 4096;
 struct Job {
     pending: PendingSplit,
     reply: Reply,
+    /// When the call joined the queue.
+    queued: std::time::Instant,
 }
 
 /// The queue and its workers.
@@ -102,7 +104,11 @@ impl GroupCommitter {
     pub async fn commit(&self, pending: PendingSplit) -> Result<CommitOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Job { pending, reply })
+            .send(Job {
+                pending,
+                reply,
+                queued: std::time::Instant::now(),
+            })
             .await
             .map_err(|_| StoreError::Unavailable("the group committer has stopped".into()))?;
         answer
@@ -138,6 +144,12 @@ async fn worker(store: Arc<dyn Store>, rx: Arc<Mutex<mpsc::Receiver<Job>>>, s: G
     while let Some(batch) = next_batch(&rx, s).await {
         // Arrival order is kept: volume counters move in the order the calls came in.
         metrics::histogram!("prorata_group_commit_batch_orders").record(batch.len() as f64);
+        // How long each call waited in the queue for a worker to take it.
+        let taken = std::time::Instant::now();
+        for j in &batch {
+            metrics::histogram!("prorata_group_commit_queue_seconds")
+                .record(taken.duration_since(j.queued).as_secs_f64());
+        }
         let (pendings, replies): (Vec<PendingSplit>, Vec<_>) =
             batch.into_iter().map(|j| (j.pending, j.reply)).unzip();
         match store.commit_splits_staged(&pendings).await {

@@ -31,4 +31,7 @@ if n:
     phases = ' '.join('%s %.2f ms' % (p, m.get(('prorata_group_commit_phase_seconds_sum', p), 0) / n * 1e3)
                       for p in ['read', 'engine', 'write', 'commit'])
     print('  batches %d, %.1f orders each; per batch: %s' % (n, o / n, phases))
+    q = m.get(('prorata_group_commit_queue_seconds_count', None))
+    if q:
+        print('  queue wait per order: %.2f ms' % (m[('prorata_group_commit_queue_seconds_sum', None)] / q * 1e3))
 PY
