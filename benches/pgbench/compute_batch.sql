@@ -93,8 +93,9 @@ INSERT INTO outbox (event_id, kind, key, body, created_at)
   FROM b ORDER BY b.i
   ON CONFLICT DO NOTHING;
 
--- The counters: deferred=1, the batch's sums added in a statement of their own after the
--- rows (add_to_counters); deferred=0 writes their final values the same way.
+-- The counters: the batch's sums added, in a statement of their own after the rows. The
+-- server does this with deferred=1 (add_to_counters); with deferred=0 it writes the final
+-- values inside its write statement instead, on the same rows, already locked above.
 INSERT INTO volumes (kind, subject, currency, month, amount)
   SELECT k, s, 'CNY', '2026-11', delta FROM (
     SELECT k, s, sum(sales) AS delta FROM (

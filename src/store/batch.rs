@@ -52,14 +52,12 @@ fn promoter_key(p: &PendingSplit) -> Option<CounterKey> {
 
 /// Every distinct order id of a batch, sorted: the order locks are taken in this order.
 pub(crate) fn order_ids(batch: &[PendingSplit]) -> Vec<String> {
-    let mut ids: Vec<String> = batch.iter().map(|p| p.plan.order_id.clone()).collect();
-    ids.sort();
-    ids.dedup();
-    ids
+    order_keys(batch).0
 }
 
-/// Every distinct order id of a batch, sorted as [`order_ids`], with the payment time of
-/// its first order in the batch (the one a batch stores when an id comes twice).
+/// Every distinct order id of a batch, sorted (the order of the order locks), with the
+/// payment time of its first order in the batch (the one a batch stores when an id comes
+/// twice).
 pub(crate) fn order_keys(batch: &[PendingSplit]) -> (Vec<String>, Vec<DateTime<Utc>>) {
     let mut keys: Vec<(&str, DateTime<Utc>)> = batch
         .iter()
