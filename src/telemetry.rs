@@ -6,7 +6,9 @@
 //! - `prorata_group_commit_batch_orders` — orders per group-commit batch;
 //!   `prorata_group_commit_queue_seconds` — how long a call waited in the queue for a
 //!   worker; `prorata_group_commit_phase_seconds{phase}` — a batch's read, engine, write
-//!   and commit (`store::batch::Phases`).
+//!   and commit (`store::batch::Phases`), and on PostgreSQL also `begin` (a pooled
+//!   connection and its BEGIN) and `counters` (what follows the rows: deferred counters,
+//!   buyers, grade checks).
 //! - `prorata_outbox_pending` — events not yet published (or, with no broker, kept).
 //! - `prorata_outbox_published_total`, `prorata_outbox_dropped_total` — relayed events;
 //!   events dropped by the outbox bound when no broker is configured.

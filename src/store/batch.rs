@@ -315,7 +315,9 @@ pub(crate) fn archived(order_id: &str) -> super::StoreError {
 
 /// Wall time of the phases of a bulk commit, recorded in
 /// `prorata_group_commit_phase_seconds{phase}`: read (locks, stored ids, counters,
-/// buyers), engine (every order computed and checked), write (every row), commit.
+/// buyers), engine (every order computed and checked), write (every row), commit; on
+/// PostgreSQL also begin (a pooled connection and its BEGIN) and counters (deferred
+/// counters and buyers, grade checks: what follows the rows).
 pub(crate) struct Phases(std::time::Instant);
 
 impl Phases {

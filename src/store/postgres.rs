@@ -658,10 +658,12 @@ async fn commit_bulk(
             // which every concurrent batch shares, while all the rows are inserted.
             let sums = std::mem::take(&mut plan.counters);
             write_new(tx, &plan, Keys::Claimed).await?;
+            phase.done("write");
             add_to_counters(tx, &sums).await?;
             claim_buyers(tx, &claims.buyers).await?;
         } else {
             write_new(tx, &plan, Keys::Claimed).await?;
+            phase.done("write");
         }
     }
     let mut upgraded = Vec::with_capacity(plan.new.len());
@@ -674,7 +676,9 @@ async fn commit_bulk(
         }
         upgraded.push(up);
     }
-    phase.done("write");
+    // What follows the rows: deferred counters and buyers (the counter rows every
+    // concurrent batch shares), grade checks.
+    phase.done("counters");
     Ok(plan.outcomes(upgraded))
 }
 
@@ -1054,7 +1058,10 @@ impl Store for PgStore {
     }
 
     async fn commit_splits(&self, batch: &[PendingSplit]) -> Result<Vec<Result<CommitOutcome>>> {
+        // A pooled connection and its BEGIN.
+        let phase = batch::Phases::start();
         let mut tx = self.pool.begin().await?;
+        phase.finish("begin");
         match commit_bulk(&mut tx, batch).await {
             Ok(out) => {
                 let phase = batch::Phases::start();
