@@ -613,21 +613,7 @@ async fn commit_bulk(
     let mut counters = HashMap::with_capacity(claims.counters.len());
     let mut new_buyers = HashSet::new();
     if !deferred && !claims.counters.is_empty() {
-        let (k, s, c, m) = unzip4(&claims.counters);
-        // Every counter row exists and is locked, in the order of the arrays.
-        let rows = sqlx::query(
-            "INSERT INTO volumes (kind, subject, currency, month, amount)
-             SELECT k, s, c, m, 0 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS x(k, s, c, m, n) ORDER BY n
-             ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = volumes.amount
-             RETURNING kind, subject, currency, month, amount",
-        )
-        .bind(&k)
-        .bind(&s)
-        .bind(&c)
-        .bind(&m)
-        .fetch_all(&mut **tx)
-        .await?;
-        for r in rows {
+        for r in lock_counters(tx, &claims.counters).await? {
             let kind: String = r.try_get("kind")?;
             let kind = if kind == "merchant" {
                 "merchant"
@@ -680,6 +666,80 @@ async fn commit_bulk(
     // concurrent batch shares), grade checks.
     phase.done("counters");
     Ok(plan.outcomes(upgraded))
+}
+
+/// Makes every counter row of `counters` (sorted) exist and locks it, in that order;
+/// returns the rows (`inserted`: made by this statement).
+async fn lock_counters(
+    tx: &mut Transaction<'_, Postgres>,
+    counters: &[batch::CounterKey],
+) -> Result<Vec<PgRow>> {
+    let (k, s, c, m) = unzip4(counters);
+    Ok(sqlx::query(
+        "INSERT INTO volumes (kind, subject, currency, month, amount)
+         SELECT k, s, c, m, 0 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS x(k, s, c, m, n) ORDER BY n
+         ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = volumes.amount
+         RETURNING kind, subject, currency, month, amount, xmax = 0 AS inserted",
+    )
+    .bind(&k)
+    .bind(&s)
+    .bind(&c)
+    .bind(&m)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// Takes, in the global lock order, the locks a batch stored one order per savepoint
+/// would otherwise take order by order in arrival order: every order lock (sorted ids),
+/// then every counter row (sorted). Two such batches whose orders name the same
+/// merchants or promoters in a different order would deadlock; this way the second
+/// waits for the first here instead. Returns the counter rows it made, which
+/// [`drop_unused_counters`] removes again if no order of the batch moved them.
+async fn lock_batch(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &[PendingSplit],
+) -> Result<[Vec<String>; 4]> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(o, 0))
+         FROM UNNEST($1::text[]) WITH ORDINALITY AS x(o, n) ORDER BY n",
+    )
+    .bind(batch::order_ids(batch))
+    .execute(&mut **tx)
+    .await?;
+    let mut made: [Vec<String>; 4] = Default::default();
+    for r in lock_counters(tx, &batch::claims(batch, &HashMap::new()).counters).await? {
+        if r.try_get::<bool, _>("inserted")? {
+            for (col, name) in made
+                .iter_mut()
+                .zip(["kind", "subject", "currency", "month"])
+            {
+                col.push(r.try_get(name)?);
+            }
+        }
+    }
+    Ok(made)
+}
+
+/// Deletes the counter rows [`lock_batch`] made that are still 0: the orders that
+/// would have moved them were refused, and a refused order stores nothing.
+async fn drop_unused_counters(
+    tx: &mut Transaction<'_, Postgres>,
+    made: &[Vec<String>; 4],
+) -> Result<()> {
+    if made[0].is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "DELETE FROM volumes v USING UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS x(k, s, c, m)
+         WHERE v.kind = x.k AND v.subject = x.s AND v.currency = x.c AND v.month = x.m AND v.amount = 0",
+    )
+    .bind(&made[0])
+    .bind(&made[1])
+    .bind(&made[2])
+    .bind(&made[3])
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Claims each buyer's first order (sorted by buyer); returns the buyers this
@@ -1076,6 +1136,7 @@ impl Store for PgStore {
             }
         }
         let mut tx = self.pool.begin().await?;
+        let made = lock_batch(&mut tx, batch).await?;
         let mut out = Vec::with_capacity(batch.len());
         for p in batch {
             // Each order in its own savepoint: a refused order rolls back alone.
@@ -1098,6 +1159,7 @@ impl Store for PgStore {
                 }
             }
         }
+        drop_unused_counters(&mut tx, &made).await?;
         tx.commit().await?;
         Ok(out)
     }

@@ -659,6 +659,86 @@ async fn a_batch_stores_what_one_order_at_a_time_would_and_a_bad_order_fails_alo
 }
 both_backends!(a_batch_stores_what_one_order_at_a_time_would_and_a_bad_order_fails_alone);
 
+/// A valid 1-line order of `merchant`.
+fn order_of(merchant: &str, id: &str, buyer: &str, minor: i64) -> Order {
+    let mut r = raw(id, buyer, minor, 3);
+    r.merchant = merchant.into();
+    Order::parse(&r, "order").unwrap()
+}
+
+async fn concurrent_batches_stored_one_order_at_a_time_do_not_deadlock(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let s = &app.store;
+    let seen: Seen = Default::default();
+    // Each batch holds an order the engine refuses, so each is stored one order per
+    // savepoint; their orders name two merchants in opposite orders. Taken order by
+    // order, their counter rows would be locked crosswise (a deadlock, which PostgreSQL
+    // breaks after a second by failing one of the orders).
+    for round in 0..8 {
+        let batch = |first: &str, second: &str, tag: &str| {
+            vec![
+                pending(
+                    &order_of(
+                        first,
+                        &format!("{tag}-{round}-1"),
+                        &format!("{tag}{round}a"),
+                        1_000,
+                    ),
+                    Some("P"),
+                    &seen,
+                    false,
+                ),
+                pending(
+                    &order_of(
+                        second,
+                        &format!("{tag}-{round}-2"),
+                        &format!("{tag}{round}b"),
+                        2_000,
+                    ),
+                    Some("Q"),
+                    &seen,
+                    false,
+                ),
+                pending(
+                    &order_of(
+                        first,
+                        &format!("{tag}-{round}-3"),
+                        &format!("{tag}{round}c"),
+                        3_000,
+                    ),
+                    None,
+                    &seen,
+                    true,
+                ),
+            ]
+        };
+        let (a, b) = (batch("MA", "MB", "X"), batch("MB", "MA", "Y"));
+        let (out_a, out_b) = tokio::join!(s.commit_splits(&a), s.commit_splits(&b));
+        for out in [out_a.unwrap(), out_b.unwrap()] {
+            assert!(
+                matches!(out[0], Ok(CommitOutcome::Stored { .. })),
+                "round {round}: {:?}",
+                out[0]
+            );
+            assert!(
+                matches!(out[1], Ok(CommitOutcome::Stored { .. })),
+                "round {round}: {:?}",
+                out[1]
+            );
+            assert!(
+                matches!(out[2], Err(StoreError::Engine(_))),
+                "round {round}: {:?}",
+                out[2]
+            );
+        }
+    }
+    assert_eq!(app.count("splits").await, 8 * 4);
+    app.shutdown().await;
+}
+both_backends!(concurrent_batches_stored_one_order_at_a_time_do_not_deadlock);
+
 async fn a_batch_whose_rules_read_no_history_moves_counters_and_buyers_exactly(backend: Backend) {
     let Some(app) = TestApp::spawn(backend).await else {
         return;
