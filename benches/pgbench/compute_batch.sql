@@ -2,27 +2,30 @@
 -- one pgbench transaction is one batch of :batch orders, with the statements the server
 -- issues for a batch and nothing else around them.
 --
--- MIRRORS src/store/postgres.rs `commit_bulk` + `write_new`, statement for statement:
---   BEGIN
---   claim              one statement: pg_advisory_xact_lock of every order id, sorted, and
---                      every id's split_keys row inserted (ON CONFLICT DO NOTHING RETURNING);
---                      the server reads stored splits only for ids it could not claim,
---                      which these new orders never are
---   counters           every counter row of the batch made to exist and locked (sorted)
---   buyers             the batch's buyers claimed (ON CONFLICT DO NOTHING RETURNING)
---                      (both skipped here with -D deferred=1: see below)
---   write              one statement, a data-modifying CTE per table:
---                        splits (result JSON: bench_payloads), split_accounts (one row per
---                        account per order), entries (one ledger entry per account per
---                        order), outbox (one split_computed event per order, empty body:
---                        the relay reads splits.result)
---   counters           the batch's sums added, rows sorted (deferred=1: add_to_counters;
---                      the server's deferred=0 writes final values inside the write)
---   buyers             deferred=1 only: claimed here, after the counters
---   COMMIT
--- deferred=1 mirrors a batch whose rule sets read no order history (no month ladder,
--- first_order condition or grades: RuleSet::reads_order_history), such as the rule set
--- `prorata bench --setup` publishes: it moves counters and claims buyers at its end.
+-- MIRRORS src/store/postgres.rs, statement for statement:
+--   deferred=1 (store_batch): one statement outside any explicit transaction, the call of
+--              prorata_store_batch (migrations/postgres/0006_store_batch.sql) with the
+--              batch's rows as arrays. The function takes the order locks and claims the
+--              keys, writes the rows (results with their JSON from bench_payloads, one share
+--              and one ledger entry per account per order, one split_computed event per
+--              order), adds the batch's sums to its counter rows (sorted) and claims its
+--              buyers; PostgreSQL commits the call. This is how the server stores a batch
+--              whose rule sets read no order history (no month ladder, first_order
+--              condition or grades: RuleSet::reads_order_history), such as the rule set
+--              `prorata bench --setup` publishes. The arrays are built here from
+--              bench_batch() in the same statement; the server sends them as parameters.
+--   deferred=0 (commit_bulk + write_new, a rule set that reads order history):
+--     BEGIN
+--     claim      one statement: pg_advisory_xact_lock of every order id, sorted, and every
+--                id's split_keys row inserted (ON CONFLICT DO NOTHING RETURNING); the
+--                server reads stored splits only for ids it could not claim, which these
+--                new orders never are
+--     counters   every counter row of the batch made to exist and locked (sorted)
+--     buyers     the batch's buyers claimed (ON CONFLICT DO NOTHING RETURNING)
+--     write      one statement, a data-modifying CTE per table: splits, split_accounts,
+--                entries, outbox (the server also writes the counters' final values in it;
+--                here they are added in a statement of their own, on rows locked above)
+--     COMMIT
 -- Compute issues no other statement for a new order (the result cache answers replays;
 -- the network comes from the process cache). Not mirrored: the engine (server CPU).
 --
@@ -40,6 +43,60 @@
 \set seq :seq + 1
 \set order_seq :seq * :clients + :client_id
 
+\if :deferred
+-- The one call (store_batch). Arrays in the order of the function's parameters.
+WITH b AS MATERIALIZED (SELECT * FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq)),
+     r AS MATERIALIZED (SELECT b.*, p.body FROM b JOIN bench_payloads p ON p.id = b.payload),
+     accounts AS MATERIALIZED (
+       SELECT b.i, b.order_id, b.paid_at, a, n FROM b,
+              LATERAL UNNEST(
+                ARRAY['merchant:' || b.merchant, 'platform', 'partner:' || 'bench-partner', 'channel:' || 'alipay']
+                  || ARRAY(SELECT 'promoter:' || 'bench-p-' || lpad(b.chain::text, 3, '0') || '-' || d
+                           FROM generate_series(1, b.levels) AS d)) WITH ORDINALITY AS x(a, n)),
+     v AS MATERIALIZED (
+       SELECT k, s, sum(sales)::bigint AS d FROM (
+         SELECT 'merchant' AS k, merchant AS s, sales FROM b
+         UNION ALL
+         SELECT 'promoter', promoter, sales FROM b) AS u
+       GROUP BY k, s),
+     buy AS MATERIALIZED (SELECT DISTINCT ON (buyer) buyer, order_id FROM b ORDER BY buyer, i)
+SELECT prorata_store_batch(
+  (SELECT array_agg(order_id ORDER BY i) FROM r),
+  (SELECT array_agg(paid_at ORDER BY i) FROM r),
+  (SELECT array_agg(md5(order_id) || md5(buyer) ORDER BY i) FROM r),
+  (SELECT array_agg(merchant ORDER BY i) FROM r),
+  (SELECT array_agg(buyer ORDER BY i) FROM r),
+  (SELECT array_agg('CNY'::text ORDER BY i) FROM r),
+  (SELECT array_agg(1::bigint ORDER BY i) FROM r),
+  (SELECT array_agg(sales ORDER BY i) FROM r),
+  (SELECT array_agg(sales ORDER BY i) FROM r),
+  (SELECT array_agg(promoter ORDER BY i) FROM r),
+  (SELECT array_agg('2026-11'::text ORDER BY i) FROM r),
+  (SELECT array_agg(body ORDER BY i) FROM r),
+  (SELECT array_agg(now() ORDER BY i) FROM r),
+  (SELECT array_agg(a ORDER BY i, n) FROM accounts),
+  (SELECT array_agg(paid_at ORDER BY i, n) FROM accounts),
+  (SELECT array_agg(order_id ORDER BY i, n) FROM accounts),
+  (SELECT array_agg('CNY'::text ORDER BY i, n) FROM accounts),
+  (SELECT array_agg(100::bigint ORDER BY i, n) FROM accounts),
+  (SELECT array_agg(1::bigint ORDER BY i, n) FROM accounts),
+  (SELECT array_agg(a ORDER BY i, n) FROM accounts),
+  (SELECT array_agg('CNY'::text ORDER BY i, n) FROM accounts),
+  (SELECT array_agg(100::bigint ORDER BY i, n) FROM accounts),
+  (SELECT array_agg(false ORDER BY i, n) FROM accounts),
+  (SELECT array_agg(paid_at + interval '7 days' ORDER BY i, n) FROM accounts),
+  (SELECT array_agg(order_id ORDER BY i, n) FROM accounts),
+  (SELECT array_agg(now() ORDER BY i, n) FROM accounts),
+  (SELECT array_agg(k ORDER BY k, s) FROM v),
+  (SELECT array_agg(s ORDER BY k, s) FROM v),
+  (SELECT array_agg('CNY'::text ORDER BY k, s) FROM v),
+  (SELECT array_agg('2026-11'::text ORDER BY k, s) FROM v),
+  (SELECT array_agg(d ORDER BY k, s) FROM v),
+  (SELECT array_agg(buyer ORDER BY buyer) FROM buy),
+  (SELECT array_agg(order_id ORDER BY buyer) FROM buy),
+  (SELECT array_agg(order_id ORDER BY order_id) FROM b),
+  (SELECT array_agg(paid_at ORDER BY order_id) FROM b));
+\else
 BEGIN;
 
 -- The order locks (sorted ids) and the keys claimed, in one statement: commit_bulk reads
@@ -50,8 +107,6 @@ INSERT INTO split_keys (order_id, paid_at)
   SELECT order_id, paid_at FROM b WHERE (SELECT count(*) FROM locks) >= 0 ORDER BY order_id
   ON CONFLICT (order_id) DO NOTHING RETURNING order_id;
 
-\if :deferred
-\else
 INSERT INTO volumes (kind, subject, currency, month, amount)
   SELECT k, s, 'CNY', '2026-11', 0 FROM (
     SELECT DISTINCT k, s FROM (
@@ -66,7 +121,6 @@ INSERT INTO buyers (buyer, first_order_id)
   SELECT DISTINCT ON (buyer) buyer, order_id FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq)
   ORDER BY buyer, i
   ON CONFLICT (buyer) DO NOTHING RETURNING buyer;
-\endif
 
 -- The rows, one statement with a data-modifying CTE per table (write_new).
 WITH b AS MATERIALIZED (SELECT * FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq)),
@@ -93,9 +147,8 @@ INSERT INTO outbox (event_id, kind, key, body, created_at)
   FROM b ORDER BY b.i
   ON CONFLICT DO NOTHING;
 
--- The counters: the batch's sums added, in a statement of their own after the rows. The
--- server does this with deferred=1 (add_to_counters); with deferred=0 it writes the final
--- values inside its write statement instead, on the same rows, already locked above.
+-- The counters: the server writes their final values inside its write statement; here
+-- the batch's sums are added in a statement of their own, on the rows locked above.
 INSERT INTO volumes (kind, subject, currency, month, amount)
   SELECT k, s, 'CNY', '2026-11', delta FROM (
     SELECT k, s, sum(sales) AS delta FROM (
@@ -106,11 +159,5 @@ INSERT INTO volumes (kind, subject, currency, month, amount)
   ORDER BY k, s
   ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = volumes.amount + EXCLUDED.amount;
 
-\if :deferred
-INSERT INTO buyers (buyer, first_order_id)
-  SELECT DISTINCT ON (buyer) buyer, order_id FROM bench_batch(:run, :base, :batch, :payloads, :live, :order_seq)
-  ORDER BY buyer, i
-  ON CONFLICT (buyer) DO NOTHING RETURNING buyer;
-\endif
-
 COMMIT;
+\endif

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::Query;
 use sqlx::{Postgres, Row, Transaction};
 
 use std::collections::{HashMap, HashSet};
@@ -668,6 +669,61 @@ async fn commit_bulk(
     Ok(plan.outcomes(upgraded))
 }
 
+/// SQLSTATE of `prorata_store_batch` when an order of the batch is stored or being stored.
+const BATCH_KEY_TAKEN: &str = "PR001";
+
+/// A batch whose rule sets read no order history, in one call of `prorata_store_batch`
+/// (migration 0006) outside any explicit transaction: one round trip for the order locks,
+/// the keys, the rows, the counters, the buyers and the commit. The orders were computed
+/// before the batch (`PendingSplit::new`), so everything the call writes is known before
+/// it is sent. `Ok(None)` when the call stored nothing and the batch must be stored the
+/// general way: an order's key is taken (a replay the result cache did not answer, or an
+/// order stored by another replica), or the engine refused an order.
+async fn store_batch(
+    pool: &PgPool,
+    batch: &[PendingSplit],
+) -> Result<Option<Vec<Result<CommitOutcome>>>> {
+    let mut phase = batch::Phases::start();
+    // Every order new, no counter read (0), no buyer claimed: the plan's counters are the
+    // batch's own sums, which the call adds.
+    let Ok(plan) = batch::plan(batch, HashMap::new(), HashMap::new(), &HashSet::new()) else {
+        return Ok(None);
+    };
+    phase.done("engine");
+    let (ids, paid_at) = batch::order_keys(batch);
+    let buyers = batch::claims(batch, &HashMap::new()).buyers;
+    let (bb, bo): (Vec<&str>, Vec<&str>) =
+        buyers.iter().map(|(b, o)| (b.as_str(), o.as_str())).unzip();
+    let keys: Vec<batch::CounterKey> = plan.counters.iter().map(|(k, _)| k.clone()).collect();
+    let (vk, vs, vc, vm) = unzip4(&keys);
+    let q = sqlx::query(
+        "SELECT prorata_store_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+             $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33,
+             $34, $35)",
+    );
+    let done = bind_rows(q, &plan)
+        .bind(&vk)
+        .bind(&vs)
+        .bind(&vc)
+        .bind(&vm)
+        .bind(plan.counters.iter().map(|(_, v)| *v).collect::<Vec<_>>())
+        .bind(&bb)
+        .bind(&bo)
+        .bind(&ids)
+        .bind(&paid_at)
+        .execute(pool)
+        .await;
+    phase.done("call");
+    match done {
+        Ok(_) => {
+            let upgraded = vec![Vec::new(); plan.new.len()];
+            Ok(Some(plan.outcomes(upgraded)))
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(BATCH_KEY_TAKEN) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Makes every counter row of `counters` (sorted) exist and locks it, in that order;
 /// returns the rows (`inserted`: made by this statement).
 async fn lock_counters(
@@ -811,14 +867,13 @@ enum Keys {
     Claimed,
 }
 
-/// The rows of a batch's new splits and its counters' final values, in one statement
-/// (one round trip): a data-modifying CTE per table. Foreign keys are checked at the end
-/// of the statement, so `splits` may name the `split_keys` rows inserted beside it.
-async fn write_new(
-    tx: &mut Transaction<'_, Postgres>,
-    plan: &batch::Plan,
-    split_keys: Keys,
-) -> Result<()> {
+/// Binds the rows of a plan's new splits, `$1..$26` of [`write_new`] and of
+/// `prorata_store_batch` (migration 0006): `$1..$13` results, `$14..$19` shares,
+/// `$20..$26` ledger entries.
+fn bind_rows<'q>(
+    q: Query<'q, Postgres, PgArguments>,
+    plan: &'q batch::Plan,
+) -> Query<'q, Postgres, PgArguments> {
     let new = &plan.new;
     let col =
         |f: fn(&SplitResult) -> &str| -> Vec<&str> { new.iter().map(|n| f(&n.result)).collect() };
@@ -863,9 +918,57 @@ async fn write_new(
             ew.push(n.result.computed_at);
         }
     }
+    q.bind(col(|r| &r.order_id))
+        .bind(new.iter().map(|n| n.result.paid_at).collect::<Vec<_>>())
+        .bind(
+            new.iter()
+                .map(|n| n.fingerprint.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(|r| &r.merchant))
+        .bind(col(|r| &r.buyer))
+        .bind(col(|r| &r.currency))
+        .bind(
+            new.iter()
+                .map(|n| n.result.ruleset_version as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(new.iter().map(|n| n.result.paid).collect::<Vec<_>>())
+        .bind(new.iter().map(|n| n.result.sales).collect::<Vec<_>>())
+        .bind(
+            new.iter()
+                .map(|n| n.result.primary_promoter.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(|r| &r.month))
+        .bind(new.iter().map(|n| n.json.as_str()).collect::<Vec<_>>())
+        .bind(new.iter().map(|n| n.result.computed_at).collect::<Vec<_>>())
+        .bind(sa)
+        .bind(st)
+        .bind(so)
+        .bind(sc)
+        .bind(sm)
+        .bind(sv)
+        .bind(ea)
+        .bind(ec)
+        .bind(em)
+        .bind(ed)
+        .bind(et)
+        .bind(eo)
+        .bind(ew)
+}
+
+/// The rows of a batch's new splits and its counters' final values, in one statement
+/// (one round trip): a data-modifying CTE per table. Foreign keys are checked at the end
+/// of the statement, so `splits` may name the `split_keys` rows inserted beside it.
+async fn write_new(
+    tx: &mut Transaction<'_, Postgres>,
+    plan: &batch::Plan,
+    split_keys: Keys,
+) -> Result<()> {
     let keys: Vec<batch::CounterKey> = plan.counters.iter().map(|(k, _)| k.clone()).collect();
     let (vk, vs, vc, vm) = unzip4(&keys);
-    sqlx::query(
+    let q = sqlx::query(
         "WITH keys AS (
              INSERT INTO split_keys (order_id, paid_at)
              SELECT * FROM UNNEST($1::text[], $2::timestamptz[]) WHERE $32),
@@ -900,41 +1003,16 @@ async fn write_new(
          INSERT INTO volumes (kind, subject, currency, month, amount)
          SELECT * FROM UNNEST($27::text[], $28::text[], $29::text[], $30::text[], $31::bigint[])
          ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = EXCLUDED.amount",
-    )
-    .bind(col(|r| &r.order_id))
-    .bind(new.iter().map(|n| n.result.paid_at).collect::<Vec<_>>())
-    .bind(new.iter().map(|n| n.fingerprint.as_str()).collect::<Vec<_>>())
-    .bind(col(|r| &r.merchant))
-    .bind(col(|r| &r.buyer))
-    .bind(col(|r| &r.currency))
-    .bind(new.iter().map(|n| n.result.ruleset_version as i64).collect::<Vec<_>>())
-    .bind(new.iter().map(|n| n.result.paid).collect::<Vec<_>>())
-    .bind(new.iter().map(|n| n.result.sales).collect::<Vec<_>>())
-    .bind(new.iter().map(|n| n.result.primary_promoter.as_deref()).collect::<Vec<_>>())
-    .bind(col(|r| &r.month))
-    .bind(new.iter().map(|n| n.json.as_str()).collect::<Vec<_>>())
-    .bind(new.iter().map(|n| n.result.computed_at).collect::<Vec<_>>())
-    .bind(&sa)
-    .bind(&st)
-    .bind(&so)
-    .bind(&sc)
-    .bind(&sm)
-    .bind(&sv)
-    .bind(&ea)
-    .bind(&ec)
-    .bind(&em)
-    .bind(&ed)
-    .bind(&et)
-    .bind(&eo)
-    .bind(&ew)
-    .bind(&vk)
-    .bind(&vs)
-    .bind(&vc)
-    .bind(&vm)
-    .bind(plan.counters.iter().map(|(_, v)| *v).collect::<Vec<_>>())
-    .bind(split_keys == Keys::Insert)
-    .execute(&mut **tx)
-    .await?;
+    );
+    bind_rows(q, plan)
+        .bind(&vk)
+        .bind(&vs)
+        .bind(&vc)
+        .bind(&vm)
+        .bind(plan.counters.iter().map(|(_, v)| *v).collect::<Vec<_>>())
+        .bind(split_keys == Keys::Insert)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -1118,6 +1196,19 @@ impl Store for PgStore {
     }
 
     async fn commit_splits(&self, batch: &[PendingSplit]) -> Result<Vec<Result<CommitOutcome>>> {
+        // One round trip when no rule set of the batch reads order history.
+        if batch.iter().all(|p| !p.plan.ruleset.reads_order_history()) {
+            match store_batch(&self.pool, batch).await {
+                Ok(Some(out)) => return Ok(out),
+                Ok(None) => {
+                    metrics::counter!("prorata_group_commit_one_call_missed_total").increment(1);
+                }
+                Err(e) => {
+                    metrics::counter!("prorata_group_commit_one_call_missed_total").increment(1);
+                    tracing::debug!(error = %e, orders = batch.len(), "one-call batch failed: storing it the general way");
+                }
+            }
+        }
         // A pooled connection and its BEGIN.
         let phase = batch::Phases::start();
         let mut tx = self.pool.begin().await?;

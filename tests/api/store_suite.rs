@@ -859,6 +859,30 @@ async fn a_batch_whose_rules_read_no_history_moves_counters_and_buyers_exactly(b
         calls.iter().filter(|id| *id == "E-1").count() >= 2,
         "{calls:?}"
     );
+
+    // A batch holding an order stored before (a replay the result cache did not answer,
+    // or an order another replica stored): PostgreSQL's one-call path finds its key
+    // taken and stores nothing, and the batch is stored the general way. The stored
+    // order replays, the new one is stored once, and the counters move by it alone.
+    let batch = vec![
+        plain(order("R-1", "R1", 700), Some("P")),
+        plain(order("E-2", "E2", 2_000), Some("P")),
+    ];
+    let out = s.commit_splits(&batch).await.unwrap();
+    assert!(
+        matches!(out[0], Ok(CommitOutcome::Stored { .. })),
+        "{:?}",
+        out[0]
+    );
+    match &out[1] {
+        Ok(CommitOutcome::Existing(split)) => assert_eq!(split.result.order_id, "E-2"),
+        other => panic!("{other:?}"),
+    }
+    let (_, end) = commit(s, &order("O-7", "D0", 1), Some("P")).await;
+    let moved = 8 * 16 * 100 + 1 + 2_000 + 700;
+    assert_eq!(end, ctx(false, 30_002 + moved, 35_002 + moved));
+    assert_eq!(app.count("buyers").await, 3 + 4 + 2);
+    assert_eq!(app.count("splits").await, 6 + 8 * 16 + 1 + 1 + 1);
     app.shutdown().await;
 }
 both_backends!(a_batch_whose_rules_read_no_history_moves_counters_and_buyers_exactly);
