@@ -75,6 +75,16 @@ impl From<sqlx::Error> for StoreError {
             {
                 StoreError::Unavailable(e.to_string())
             }
+            // The connection, not the request: classes 08 (connection exception) and 57
+            // (operator intervention: a backend terminated, the server shutting down or
+            // starting). A retry is safe: every write is idempotent by its key, so one
+            // whose COMMIT was lost with the connection answers what was stored.
+            sqlx::Error::Database(ref d)
+                if d.code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57")) =>
+            {
+                StoreError::Unavailable(e.to_string())
+            }
             other => StoreError::Database(other.to_string()),
         }
     }
@@ -710,5 +720,69 @@ pub(crate) fn merge_upsert(existing: Option<&PromoterNode>, up: &PromoterUpsert)
             .status
             .or(existing.map(|e| e.status))
             .unwrap_or(Status::Active),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+    use std::borrow::Cow;
+
+    /// A database error with a given SQLSTATE, as sqlx reports a server's ErrorResponse.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            "from the server"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn mapped(code: &'static str) -> StoreError {
+        sqlx::Error::Database(Box::new(Sqlstate(code))).into()
+    }
+
+    #[test]
+    fn a_lost_or_terminated_connection_is_unavailable_and_a_bad_statement_is_not() {
+        // 57P01: a backend terminated (pg_terminate_backend, a restart); 57P03: the server
+        // is starting; 08006: the connection failed; 40P01: a deadlock.
+        for code in ["57P01", "57P03", "08006", "40P01", "40001"] {
+            assert!(
+                matches!(mapped(code), StoreError::Unavailable(_)),
+                "{code}: {:?}",
+                mapped(code)
+            );
+        }
+        // A constraint or a value the statement got wrong is a fault, not a retry.
+        for code in ["23505", "22003", "42P01", "PR001"] {
+            assert!(
+                matches!(mapped(code), StoreError::Database(_)),
+                "{code}: {:?}",
+                mapped(code)
+            );
+        }
     }
 }
