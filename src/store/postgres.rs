@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::query::Query;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Connection, Postgres, Row, Transaction};
 
 use std::collections::{HashMap, HashSet};
 
@@ -30,6 +30,11 @@ use crate::domain::ruleset::RuleSet;
 
 /// How long a caller waits for a pooled connection before UNAVAILABLE.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections of the one-call batch pool (see [`PgStore::batch_pool`]): one per
+/// group-commit worker, with room for a second replica's worth of default workers.
+const BATCH_POOL_CONNECTIONS: u32 = 4;
+/// A connection of the batch pool idle this long is pinged before it is handed out.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// Advisory lock key serialising structural network changes ("prorata1" in ASCII).
 const NETWORK_LOCK: i64 = 0x7072_6f72_6174_6131;
 /// Advisory lock key serialising payout batches, so no entry is in two live batches.
@@ -39,6 +44,13 @@ const PAYOUT_LOCK: i64 = 0x7072_6f72_6174_6132;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The connections of [`store_batch`]'s one calls. The main pool pings a connection
+    /// before handing it out, one round trip of a one-call batch's two; this pool pings
+    /// only a connection idle for [`PING_IF_IDLE_FOR`] (sqlx also pings every connection
+    /// as it is returned, and closes a broken one). A call on a connection that broke
+    /// since fails, and its batch is stored the general way on the main pool: nothing
+    /// fails for it (RESULTS §28).
+    batch_pool: PgPool,
 }
 
 impl PgStore {
@@ -61,10 +73,23 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PgStore { pool })
+        let batch_pool = PgPoolOptions::new()
+            .max_connections(BATCH_POOL_CONNECTIONS)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(opts);
+        Ok(PgStore { pool, batch_pool })
     }
 
     /// Drops a schema made by [`PgStore::connect`] (conformance runs clean up after themselves).
@@ -84,6 +109,7 @@ impl PgStore {
 
     /// Closes the pool.
     pub async fn close(&self) {
+        self.batch_pool.close().await;
         self.pool.close().await;
     }
 }
@@ -1198,7 +1224,7 @@ impl Store for PgStore {
     async fn commit_splits(&self, batch: &[PendingSplit]) -> Result<Vec<Result<CommitOutcome>>> {
         // One round trip when no rule set of the batch reads order history.
         if batch.iter().all(|p| !p.plan.ruleset.reads_order_history()) {
-            match store_batch(&self.pool, batch).await {
+            match store_batch(&self.batch_pool, batch).await {
                 Ok(Some(out)) => return Ok(out),
                 Ok(None) => {
                     metrics::counter!("prorata_group_commit_one_call_missed_total").increment(1);
