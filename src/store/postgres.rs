@@ -31,7 +31,8 @@ use crate::domain::ruleset::RuleSet;
 /// How long a caller waits for a pooled connection before UNAVAILABLE.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections of the one-call batch pool (see [`PgStore::batch_pool`]): one per
-/// group-commit worker, with room for a second replica's worth of default workers.
+/// group-commit worker for up to 4 workers (the default is 2); more workers queue for
+/// them, for at most [`ACQUIRE_TIMEOUT`].
 const BATCH_POOL_CONNECTIONS: u32 = 4;
 /// A connection of the batch pool idle this long is pinged before it is handed out.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -48,8 +49,8 @@ pub struct PgStore {
     /// before handing it out, one round trip of a one-call batch's two; this pool pings
     /// only a connection idle for [`PING_IF_IDLE_FOR`] (sqlx also pings every connection
     /// as it is returned, and closes a broken one). A call on a connection that broke
-    /// since fails, and its batch is stored the general way on the main pool: nothing
-    /// fails for it (RESULTS §28).
+    /// since fails, and its batch is stored the general way on the main pool (RESULTS
+    /// §28). Connected lazily, so a store that never stores such a batch opens none.
     batch_pool: PgPool,
 }
 
