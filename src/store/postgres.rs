@@ -721,19 +721,12 @@ async fn store_batch(
     let buyers = batch::claims(batch, &HashMap::new()).buyers;
     let (bb, bo): (Vec<&str>, Vec<&str>) =
         buyers.iter().map(|(b, o)| (b.as_str(), o.as_str())).unzip();
-    let keys: Vec<batch::CounterKey> = plan.counters.iter().map(|(k, _)| k.clone()).collect();
-    let (vk, vs, vc, vm) = unzip4(&keys);
     let q = sqlx::query(
         "SELECT prorata_store_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
              $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33,
              $34, $35)",
     );
-    let done = bind_rows(q, &plan)
-        .bind(&vk)
-        .bind(&vs)
-        .bind(&vc)
-        .bind(&vm)
-        .bind(plan.counters.iter().map(|(_, v)| *v).collect::<Vec<_>>())
+    let done = bind_sums(bind_rows(q, &plan), &plan.counters)
         .bind(&bb)
         .bind(&bo)
         .bind(&ids)
@@ -856,21 +849,13 @@ async fn add_to_counters(
     if sums.is_empty() {
         return Ok(());
     }
-    let keys: Vec<batch::CounterKey> = sums.iter().map(|(k, _)| k.clone()).collect();
-    let (k, s, c, m) = unzip4(&keys);
-    sqlx::query(
+    let q = sqlx::query(
         "INSERT INTO volumes (kind, subject, currency, month, amount)
          SELECT k, s, c, m, d FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
               WITH ORDINALITY AS x(k, s, c, m, d, n) ORDER BY n
          ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = volumes.amount + EXCLUDED.amount",
-    )
-    .bind(&k)
-    .bind(&s)
-    .bind(&c)
-    .bind(&m)
-    .bind(sums.iter().map(|(_, v)| *v).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
+    );
+    bind_sums(q, sums).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -883,6 +868,30 @@ fn unzip4(keys: &[batch::CounterKey]) -> (Vec<String>, Vec<String>, Vec<String>,
         out.3.push(m.clone());
     }
     out
+}
+
+/// Binds counter rows with a value each, in the order of `sums`, as five arrays: kinds,
+/// subjects, currencies, months, values.
+fn bind_sums<'q>(
+    q: Query<'q, Postgres, PgArguments>,
+    sums: &'q [(batch::CounterKey, i64)],
+) -> Query<'q, Postgres, PgArguments> {
+    let n = sums.len();
+    let (mut k, mut s, mut c, mut m, mut v) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for ((kind, subject, currency, month), value) in sums {
+        k.push(*kind);
+        s.push(subject.as_str());
+        c.push(currency.as_str());
+        m.push(month.as_str());
+        v.push(*value);
+    }
+    q.bind(k).bind(s).bind(c).bind(m).bind(v)
 }
 
 /// Whether [`write_new`] inserts the orders' `split_keys` rows or finds them claimed.
@@ -993,8 +1002,6 @@ async fn write_new(
     plan: &batch::Plan,
     split_keys: Keys,
 ) -> Result<()> {
-    let keys: Vec<batch::CounterKey> = plan.counters.iter().map(|(k, _)| k.clone()).collect();
-    let (vk, vs, vc, vm) = unzip4(&keys);
     let q = sqlx::query(
         "WITH keys AS (
              INSERT INTO split_keys (order_id, paid_at)
@@ -1031,12 +1038,7 @@ async fn write_new(
          SELECT * FROM UNNEST($27::text[], $28::text[], $29::text[], $30::text[], $31::bigint[])
          ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = EXCLUDED.amount",
     );
-    bind_rows(q, plan)
-        .bind(&vk)
-        .bind(&vs)
-        .bind(&vc)
-        .bind(&vm)
-        .bind(plan.counters.iter().map(|(_, v)| *v).collect::<Vec<_>>())
+    bind_sums(bind_rows(q, plan), &plan.counters)
         .bind(split_keys == Keys::Insert)
         .execute(&mut **tx)
         .await?;
@@ -1225,15 +1227,13 @@ impl Store for PgStore {
     async fn commit_splits(&self, batch: &[PendingSplit]) -> Result<Vec<Result<CommitOutcome>>> {
         // One round trip when no rule set of the batch reads order history.
         if batch.iter().all(|p| !p.plan.ruleset.reads_order_history()) {
-            match store_batch(&self.batch_pool, batch).await {
-                Ok(Some(out)) => return Ok(out),
-                Ok(None) => {
-                    metrics::counter!("prorata_group_commit_one_call_missed_total").increment(1);
-                }
-                Err(e) => {
-                    metrics::counter!("prorata_group_commit_one_call_missed_total").increment(1);
-                    tracing::debug!(error = %e, orders = batch.len(), "one-call batch failed: storing it the general way");
-                }
+            let missed = store_batch(&self.batch_pool, batch).await;
+            if let Ok(Some(out)) = missed {
+                return Ok(out);
+            }
+            metrics::counter!("prorata_group_commit_one_call_missed_total").increment(1);
+            if let Err(e) = missed {
+                tracing::debug!(error = %e, orders = batch.len(), "one-call batch failed: storing it the general way");
             }
         }
         // A pooled connection and its BEGIN.
