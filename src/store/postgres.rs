@@ -1530,17 +1530,24 @@ impl Store for PgStore {
             .iter()
             .flat_map(|(i, ids)| ids.iter().map(move |_| i.account.clone()))
             .collect();
+        let currencies: Vec<String> = groups
+            .iter()
+            .flat_map(|(i, ids)| ids.iter().map(move |_| i.currency.clone()))
+            .collect();
         let ids: Vec<i64> = groups
             .iter()
             .flat_map(|(_, ids)| ids.iter().copied())
             .collect();
+        // The entry by its key (account, currency, id, created_at: migration 0008).
         sqlx::query(
-            "INSERT INTO payout_entries (batch_id, account, entry_id, entry_created_at)
-             SELECT $1, x.a, x.e, en.created_at FROM UNNEST($2::text[], $3::bigint[]) AS x(a, e)
-             JOIN entries en ON en.id = x.e",
+            "INSERT INTO payout_entries (batch_id, account, currency, entry_id, entry_created_at)
+             SELECT $1, x.a, x.c, x.e, en.created_at
+             FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS x(a, c, e)
+             JOIN entries en ON en.account = x.a AND en.currency = x.c AND en.id = x.e",
         )
         .bind(batch)
         .bind(&accounts)
+        .bind(&currencies)
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
