@@ -1,7 +1,8 @@
 //! Group commit: concurrent Compute calls share one database transaction.
 //!
-//! Each call hands its plan and engine closure to a queue; a worker takes whatever is
-//! queued (up to `max_batch`, waiting at most `wait` for more) and the store writes the
+//! Each call hands its plan and engine closure to a queue; a worker takes what is queued,
+//! up to its fair share when several workers run ([`fair_share`]) and up to `max_batch`,
+//! waiting at most `wait` for more, and the store writes the
 //! batch in one transaction with a fixed number of statements (`store::batch`), falling
 //! back to one savepoint per order if any order of it fails. Idempotency is unchanged (a
 //! duplicate later in the batch replays the first), volume counters move in the order the
@@ -10,6 +11,7 @@
 //! yet synced, with a ticket (SQLite, `store::wal_sync`): its answers then wait for the sync
 //! in a task of their own, and the worker takes the next batch once that sync has started.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,8 +96,10 @@ impl GroupCommitter {
         } else {
             s.workers.max(1)
         };
+        let s = GroupSettings { workers, ..s };
+        let in_flight = Arc::new(AtomicUsize::new(0));
         for _ in 0..workers {
-            tokio::spawn(worker(store.clone(), rx.clone(), s));
+            tokio::spawn(worker(store.clone(), rx.clone(), s, in_flight.clone()));
         }
         GroupCommitter { tx }
     }
@@ -117,12 +121,32 @@ impl GroupCommitter {
     }
 }
 
-async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>, s: GroupSettings) -> Option<Vec<Job>> {
+/// The most orders a worker takes now. One worker (SQLite) takes everything queued, up to
+/// `max_batch`. Several take an even share of the orders in the system (those queued,
+/// with the one it holds, and those in the other workers' batches), within `max_batch`.
+/// A worker that took everything queued left the next one only the few calls that came
+/// in meanwhile: one large batch and one small, in turn, and the small one still waited
+/// on the large one's counter rows. Even shares leave a backlog, so a worker that frees
+/// up finds a full batch waiting (RESULTS.md §29).
+fn fair_share(queued: usize, in_flight: usize, s: GroupSettings) -> usize {
+    let max = s.max_batch.max(1);
+    if s.workers <= 1 {
+        return max;
+    }
+    (queued + in_flight).div_ceil(s.workers).clamp(1, max)
+}
+
+async fn next_batch(
+    rx: &Mutex<mpsc::Receiver<Job>>,
+    s: GroupSettings,
+    in_flight: &AtomicUsize,
+) -> Option<Vec<Job>> {
     let mut rx = rx.lock().await;
     let first = rx.recv().await?;
+    let take = fair_share(rx.len() + 1, in_flight.load(Ordering::Relaxed), s);
     let mut batch = vec![first];
     let deadline = tokio::time::Instant::now() + s.wait;
-    while batch.len() < s.max_batch {
+    while batch.len() < take {
         match rx.try_recv() {
             Ok(j) => batch.push(j),
             Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -137,11 +161,19 @@ async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>, s: GroupSettings) -> Option
             }
         }
     }
+    // Counted before the queue is released: the next worker sees this batch in flight.
+    in_flight.fetch_add(batch.len(), Ordering::Relaxed);
     Some(batch)
 }
 
-async fn worker(store: Arc<dyn Store>, rx: Arc<Mutex<mpsc::Receiver<Job>>>, s: GroupSettings) {
-    while let Some(batch) = next_batch(&rx, s).await {
+async fn worker(
+    store: Arc<dyn Store>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    s: GroupSettings,
+    in_flight: Arc<AtomicUsize>,
+) {
+    while let Some(batch) = next_batch(&rx, s, &in_flight).await {
+        let taken_orders = batch.len();
         // Arrival order is kept: volume counters move in the order the calls came in.
         metrics::histogram!("prorata_group_commit_batch_orders").record(batch.len() as f64);
         // How long each call waited in the queue for a worker to take it.
@@ -173,6 +205,7 @@ async fn worker(store: Arc<dyn Store>, rx: Arc<Mutex<mpsc::Receiver<Job>>>, s: G
             // The transaction failed as a whole: nothing of the batch was stored.
             Err(e) => fail(replies, e),
         }
+        in_flight.fetch_sub(taken_orders, Ordering::Relaxed);
     }
 }
 
@@ -196,5 +229,39 @@ fn fail(replies: Vec<Reply>, e: StoreError) {
             StoreError::Database(msg.clone())
         };
         let _ = reply.send(Err(err));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(workers: usize, max_batch: usize) -> GroupSettings {
+        GroupSettings {
+            max_batch,
+            wait: Duration::ZERO,
+            workers,
+            queue: QUEUE,
+        }
+    }
+
+    #[test]
+    fn one_worker_takes_everything_queued_up_to_the_batch_limit() {
+        assert_eq!(fair_share(1, 0, settings(1, 64)), 64);
+        assert_eq!(fair_share(500, 0, settings(1, 64)), 64);
+    }
+
+    #[test]
+    fn several_workers_take_an_even_share_of_the_orders_in_the_system() {
+        // 40 queued and 24 in the other worker's batch: 64 over 2 workers.
+        assert_eq!(fair_share(40, 24, settings(2, 64)), 32);
+        // Rounded up, so an odd order is not left behind.
+        assert_eq!(fair_share(5, 0, settings(2, 64)), 3);
+        // A lone order is taken at once.
+        assert_eq!(fair_share(1, 0, settings(2, 64)), 1);
+        assert_eq!(fair_share(1, 30, settings(2, 64)), 16);
+        // Never past max_batch.
+        assert_eq!(fair_share(1_000, 200, settings(4, 64)), 64);
+        assert_eq!(fair_share(9, 0, settings(3, 2)), 2);
     }
 }
