@@ -1227,12 +1227,12 @@ impl Store for PgStore {
     async fn commit_splits(&self, batch: &[PendingSplit]) -> Result<Vec<Result<CommitOutcome>>> {
         // One round trip when no rule set of the batch reads order history.
         if batch.iter().all(|p| !p.plan.ruleset.reads_order_history()) {
-            let missed = store_batch(&self.batch_pool, batch).await;
-            if let Ok(Some(out)) = missed {
+            let one_call = store_batch(&self.batch_pool, batch).await;
+            if let Ok(Some(out)) = one_call {
                 return Ok(out);
             }
             metrics::counter!("prorata_group_commit_one_call_missed_total").increment(1);
-            if let Err(e) = missed {
+            if let Err(e) = one_call {
                 tracing::debug!(error = %e, orders = batch.len(), "one-call batch failed: storing it the general way");
             }
         }
@@ -1526,18 +1526,15 @@ impl Store for PgStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        let accounts: Vec<String> = groups
-            .iter()
-            .flat_map(|(i, ids)| ids.iter().map(move |_| i.account.clone()))
-            .collect();
-        let currencies: Vec<String> = groups
-            .iter()
-            .flat_map(|(i, ids)| ids.iter().map(move |_| i.currency.clone()))
-            .collect();
-        let ids: Vec<i64> = groups
-            .iter()
-            .flat_map(|(_, ids)| ids.iter().copied())
-            .collect();
+        // One row per entry settled: its account, currency and id.
+        let (mut accounts, mut currencies, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, entry_ids) in &groups {
+            for id in entry_ids {
+                accounts.push(i.account.as_str());
+                currencies.push(i.currency.as_str());
+                ids.push(*id);
+            }
+        }
         // The entry by its key (account, currency, id, created_at: migration 0008).
         sqlx::query(
             "INSERT INTO payout_entries (batch_id, account, currency, entry_id, entry_created_at)
