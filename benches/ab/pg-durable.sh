@@ -2,8 +2,9 @@
 # benches/ab/pg-durable.sh /abs/BIN NAME: durable Compute on PostgreSQL (benches/ab/durable.sh,
 # 64 in flight, PAID=live|month as there, on a fresh database migrated by `BIN migrate`), then with PGB=1 the database
 # ceiling beside it: pgbench of the same batched statements (-D batch=${BATCH:-16} -D deferred=1,
-# as the pgbench stage of benches/run.sh), at -c 2 and -c 4, on a second fresh database holding
-# 1,000 of the results the run stored. Both databases are dropped at the end.
+# as the pgbench stage of benches/run.sh), at -c 2 and -c 4 (PGB_CS="2 3 4" to choose), on a second
+# fresh database holding 1,000 of the results the run stored. Both databases are dropped at the end.
+# SERVER_ENV="VAR=value ..." is given to the server only (not to the load generator).
 set -e
 BIN=$1 NAME=$2; cd "$(dirname "$0")/../.."
 LIVE=1; [ "${PAID:-live}" = live ] || LIVE=0   # pgbench pays its orders as the server run did
@@ -12,7 +13,9 @@ URL=postgres://postgres@127.0.0.1:5432
 DB=pd_$NAME G=pgb_$NAME
 $P -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
 PRORATA_DATABASE_URL=$URL/$DB "$BIN" migrate > /dev/null
-bash benches/ab/durable.sh "$BIN" "${PORT:-7900}" "pg-$NAME" PRORATA_DATABASE_URL=$URL/$DB | tail -2
+# A checkpoint first, as before each pgbench run: no run starts with WAL left by the one before.
+$P -d $DB -c CHECKPOINT
+bash benches/ab/durable.sh "$BIN" "${PORT:-7900}" "pg-$NAME" PRORATA_DATABASE_URL=$URL/$DB $SERVER_ENV | tail -3
 if [ -n "$PGB" ]; then
   $P -d $DB -c "\\copy (SELECT result FROM splits LIMIT 1000) TO '/tmp/pg-durable-$NAME.txt'"
   $P -d postgres -c "DROP DATABASE IF EXISTS $G WITH (FORCE)" -c "CREATE DATABASE $G"
@@ -21,7 +24,7 @@ if [ -n "$PGB" ]; then
   $P -d $G -c "\\copy bench_payloads (body) FROM '/tmp/pg-durable-$NAME.txt'"
   N=$($P -d $G -c "SELECT count(*) FROM bench_payloads")
   $P -d $G -f benches/pgbench/batch_setup.sql > /dev/null
-  for c in 2 4; do
+  for c in ${PGB_CS:-2 4}; do
     $P -d $G -c CHECKPOINT
     pgbench -h 127.0.0.1 -U postgres -n -M prepared -c $c -j 2 -T 10 -D run="$(date +%s)$c" -D batch="${BATCH:-16}" \
       -D payloads="$N" -D deferred=1 -D live="$LIVE" -D clients=$c -D seq=0 -f benches/pgbench/compute_batch.sql $G 2>&1 |
