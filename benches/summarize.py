@@ -245,6 +245,9 @@ def targets(runs, h2, pgb, cpu_cores):
     row("durable Compute, unique 2-line orders, PostgreSQL",
         ">= 5,000/s, p99 <= 20 ms, >= 1.0 x pgbench", "b-compute-c64", ceiling=best(False),
         note="ceiling = pgbench of the same statements, orders paid about in sequence, in orders/s (best of the batched runs at -c 2 (the server's 2 batch transactions) and -c 4 and the one-order runs at -c 64 and -c 16)")
+    row("durable Compute, unique 2-line orders, PostgreSQL, 56 in flight",
+        ">= 5,000/s, p99 <= 20 ms, >= 1.0 x pgbench", "b-compute-c56", ceiling=best(False),
+        note="ceiling as for b-compute-c64: pgbench at the 64-in-flight run's mean batch")
     row("durable Compute, PostgreSQL, orders paid at random in the month (backfill)",
         ">= 5,000/s, p99 <= 20 ms, >= 1.0 x pgbench", "b-compute-month-c64", ceiling=best(True),
         note="ceiling = pgbench of the same statements with the same paid_at model (batched, -c 2 and -c 4)")
