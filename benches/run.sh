@@ -320,9 +320,9 @@ awk '/^prorata_group_commit_batch_orders_sum/ {s=$2} /^prorata_group_commit_batc
      END {if (c > 0) printf "%d %d %.0f\n", s, c, s / c; else print "0 0 1"}' \
   "$OUT/pgbench/server-metrics.txt" >"$OUT/pgbench/batches.txt"
 log "group commit during b-compute-c64 (orders, batches, mean): $(cat "$OUT/pgbench/batches.txt")"
-# At 56 in flight: where a 64-in-flight run's p99 is just over 20 ms, the same server at
-# 56 shows the rate a caller gets with its p99 inside 20 ms (RESULTS.md §30). pgbench runs
-# the 64-in-flight run's batch: a larger batch than this run forms, so its ceiling is not low.
+# At 56 in flight as well: where the 64-in-flight run's p99 is just over 20 ms, a caller
+# holding 56 in flight may keep it under (RESULTS.md §30). pgbench runs the 64-in-flight
+# run's batch, larger than this run's, so this run's ceiling is not set low.
 psql_pg "$PG_DB" -c CHECKPOINT
 C=56 N=4 bench b-compute-c56 "$PB" --scenario compute --lines 2 --refund-ratio 0
 psql_pg "$PG_DB" -c CHECKPOINT
