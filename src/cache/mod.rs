@@ -225,6 +225,10 @@ impl Caches {
     /// its chain next (a split, GetUpline), so a cold chain costs one query, not one per
     /// level.
     pub async fn promoter(&self, id: &str) -> Result<Option<Arc<PromoterNode>>, Arc<StoreError>> {
+        // A hit, the common case, takes no key copy and builds no loader (see `binding`).
+        if let Some(hit) = self.promoters.get(id).await {
+            return Ok(hit);
+        }
         let store = self.store.clone();
         let shared = self.shared.clone();
         let key = id.to_string();
@@ -264,6 +268,12 @@ impl Caches {
 
     /// The promoter a customer is bound to, from the local cache, Redis, or the store.
     pub async fn binding(&self, customer: &str) -> Result<Option<String>, Arc<StoreError>> {
+        // A hit is read without `try_get_with`, which needs an owned key (two copies) and
+        // the loader future built (and moved) even when it does not run: a Compute reads
+        // the cache once per promoter of its chain and once for the buyer's binding.
+        if let Some(hit) = self.bindings.get(customer).await {
+            return Ok(hit);
+        }
         let store = self.store.clone();
         let shared = self.shared.clone();
         let key = customer.to_string();
