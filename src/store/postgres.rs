@@ -721,10 +721,11 @@ async fn store_batch(
     let buyers = batch::claims(batch, &HashMap::new()).buyers;
     let (bb, bo): (Vec<&str>, Vec<&str>) =
         buyers.iter().map(|(b, o)| (b.as_str(), o.as_str())).unzip();
-    let q = sqlx::query(
+    let q = sqlx::query_with(
         "SELECT prorata_store_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
              $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33,
              $34, $35)",
+        plan_arguments(&plan),
     );
     let done = bind_sums(bind_rows(q, &plan), &plan.counters)
         .bind(&bb)
@@ -903,6 +904,22 @@ enum Keys {
     Claimed,
 }
 
+/// Arguments sized up front for a plan's rows ([`bind_rows`]) and counters: the bound
+/// arrays of a batch are tens of kilobytes (each result's JSON is one element), and a
+/// buffer grown by doubling copied them several times (RESULTS.md §31).
+fn plan_arguments(plan: &batch::Plan) -> PgArguments {
+    // Per element: a 4-byte length and the value. Results: the JSON and about 300 bytes
+    // of short columns; shares and entries: about 120 bytes a row; counters: 100.
+    let rows: usize = plan
+        .new
+        .iter()
+        .map(|n| n.json.len() + 320 + 128 * (n.result.totals.len() + n.entries.len()))
+        .sum();
+    let mut args = PgArguments::default();
+    sqlx::Arguments::reserve(&mut args, 36, 1024 + rows + 100 * plan.counters.len());
+    args
+}
+
 /// Binds the rows of a plan's new splits, `$1..$26` of [`write_new`] and of
 /// `prorata_store_batch` (migration 0006): `$1..$13` results, `$14..$19` shares,
 /// `$20..$26` ledger entries.
@@ -1002,7 +1019,7 @@ async fn write_new(
     plan: &batch::Plan,
     split_keys: Keys,
 ) -> Result<()> {
-    let q = sqlx::query(
+    let q = sqlx::query_with(
         "WITH keys AS (
              INSERT INTO split_keys (order_id, paid_at)
              SELECT * FROM UNNEST($1::text[], $2::timestamptz[]) WHERE $32),
@@ -1037,6 +1054,7 @@ async fn write_new(
          INSERT INTO volumes (kind, subject, currency, month, amount)
          SELECT * FROM UNNEST($27::text[], $28::text[], $29::text[], $30::text[], $31::bigint[])
          ON CONFLICT (kind, subject, currency, month) DO UPDATE SET amount = EXCLUDED.amount",
+        plan_arguments(plan),
     );
     bind_sums(bind_rows(q, plan), &plan.counters)
         .bind(split_keys == Keys::Insert)
