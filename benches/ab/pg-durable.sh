@@ -5,6 +5,9 @@
 # as the pgbench stage of benches/run.sh), at -c 2 and -c 4 (PGB_CS="2 3 4" to choose), on a second
 # fresh database holding 1,000 of the results the run stored. Both databases are dropped at the end.
 # SERVER_ENV="VAR=value ..." is given to the server only (not to the load generator).
+# SHARE=1: each pgbench run again beside benches/ab/burn.py taking the cores the server and
+# the load generator used in the server's run (/tmp/dur/pg-NAME/cpu.txt): pgbench with what
+# PostgreSQL had left (RESULTS.md §31).
 set -e
 BIN=$1 NAME=$2; cd "$(dirname "$0")/../.."
 LIVE=1; [ "${PAID:-live}" = live ] || LIVE=0   # pgbench pays its orders as the server run did
@@ -15,7 +18,7 @@ $P -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE
 PRORATA_DATABASE_URL=$URL/$DB "$BIN" migrate > /dev/null
 # A checkpoint first, as before each pgbench run: no run starts with WAL left by the one before.
 $P -d $DB -c CHECKPOINT
-bash benches/ab/durable.sh "$BIN" "${PORT:-7900}" "pg-$NAME" PRORATA_DATABASE_URL=$URL/$DB $SERVER_ENV | tail -3
+bash benches/ab/durable.sh "$BIN" "${PORT:-7900}" "pg-$NAME" PRORATA_DATABASE_URL=$URL/$DB $SERVER_ENV | tail -4
 if [ -n "$PGB" ]; then
   $P -d $DB -c "\\copy (SELECT result FROM splits LIMIT 1000) TO '/tmp/pg-durable-$NAME.txt'"
   $P -d postgres -c "DROP DATABASE IF EXISTS $G WITH (FORCE)" -c "CREATE DATABASE $G"
@@ -29,6 +32,15 @@ if [ -n "$PGB" ]; then
     pgbench -h 127.0.0.1 -U postgres -n -M prepared -c $c -j 2 -T 10 -D run="$(date +%s)$c" -D batch="${BATCH:-16}" \
       -D payloads="$N" -D deferred=1 -D live="$LIVE" -D clients=$c -D seq=0 -f benches/pgbench/compute_batch.sql $G 2>&1 |
       grep -E '^tps|failed' | sed "s/^/pgbench -c $c batch=${BATCH:-16}: /"
+    if [ -n "$SHARE" ]; then
+      share=$(awk '{printf "%.3f", ($1 + $2) / $3}' /tmp/dur/pg-$NAME/cpu.txt)
+      $P -d $G -c CHECKPOINT
+      python3 benches/ab/burn.py $share 10.5 > /tmp/pg-durable-$NAME.burn & BP=$!
+      pgbench -h 127.0.0.1 -U postgres -n -M prepared -c $c -j 2 -T 10 -D run="$(date +%s)${c}9" -D batch="${BATCH:-16}" \
+        -D payloads="$N" -D deferred=1 -D live="$LIVE" -D clients=$c -D seq=0 -f benches/pgbench/compute_batch.sql $G 2>&1 |
+        grep -E '^tps' | sed "s/^/pgbench -c $c batch=${BATCH:-16} beside $share cores taken: /"
+      wait $BP; sed "s/^/  /" /tmp/pg-durable-$NAME.burn
+    fi
   done
   $P -d postgres -c "DROP DATABASE IF EXISTS $G WITH (FORCE)"
 fi
