@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """benches/ab/burn.py SHARE SECONDS: takes SHARE cores (0 to 2) for SECONDS, in two processes
-each busy SHARE/2 of the time in slices of a few ms, and prints the CPU they used per second of wall time.
+each busy SHARE/2 of the time in slices of a few ms, and prints the cores they used (CPU
+seconds per second of wall time).
 
 benches/ab/pg-durable.sh (SHARE=1) runs it beside pgbench with the share of the 2 cores the
 server and its load generator used in the server's run: pgbench then has what PostgreSQL
@@ -16,7 +17,7 @@ child = os.fork()
 w0, c0 = time.monotonic(), time.process_time()
 # Busy until this process's CPU time reaches its share of the time elapsed, then asleep
 # for a period: the share holds whatever the sleeps overshoot.
-while (now := time.monotonic()) - w0 < seconds:
+while time.monotonic() - w0 < seconds:
     while time.process_time() - c0 < duty * (time.monotonic() - w0):
         pass
     if duty < 1:
