@@ -3,7 +3,8 @@
 # flight (C) or open loop at RATE orders/s, 8 s (DUR), orders paid about in sequence (PAID=live) or at random in the month (PAID=month),
 # on a fresh SQLite file (or PRORATA_DATABASE_URL=...); output in /tmp/dur/NAME.
 # Prints the bench's summary, the cores the server and the load generator used (/proc and
-# /usr/bin/time), and, from the server's metrics (port PORT+1000) after the run, the mean batch and the mean time per batch of each group-commit phase (warm-up included).
+# /usr/bin/time), and, from the server's metrics (port PORT+1000) after the run, the mean batch
+# and the mean time per batch of each group-commit phase (warm-up included).
 BIN=$1 PORT=$2 NAME=$3; shift 3
 D=/tmp/dur/$NAME; rm -rf $D; mkdir -p $D; cd $D
 MPORT=$((PORT + 1000))
