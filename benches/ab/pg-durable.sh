@@ -27,18 +27,20 @@ if [ -n "$PGB" ]; then
   $P -d $G -c "\\copy bench_payloads (body) FROM '/tmp/pg-durable-$NAME.txt'"
   N=$($P -d $G -c "SELECT count(*) FROM bench_payloads")
   $P -d $G -f benches/pgbench/batch_setup.sql > /dev/null
-  for c in ${PGB_CS:-2 4}; do
+  # pgbench of one batch per transaction at -c $1 after a checkpoint; $2: a suffix that
+  # keeps the run's order ids apart; $3: the label its lines are printed with.
+  batch_pgbench() {
     $P -d $G -c CHECKPOINT
-    pgbench -h 127.0.0.1 -U postgres -n -M prepared -c $c -j 2 -T 10 -D run="$(date +%s)$c" -D batch="${BATCH:-16}" \
-      -D payloads="$N" -D deferred=1 -D live="$LIVE" -D clients=$c -D seq=0 -f benches/pgbench/compute_batch.sql $G 2>&1 |
-      grep -E '^tps|failed' | sed "s/^/pgbench -c $c batch=${BATCH:-16}: /"
+    pgbench -h 127.0.0.1 -U postgres -n -M prepared -c $1 -j 2 -T 10 -D run="$(date +%s)$1$2" -D batch="${BATCH:-16}" \
+      -D payloads="$N" -D deferred=1 -D live="$LIVE" -D clients=$1 -D seq=0 -f benches/pgbench/compute_batch.sql $G 2>&1 |
+      grep -E '^tps|failed' | sed "s/^/$3: /"
+  }
+  [ -n "$SHARE" ] && share=$(awk '{printf "%.3f", ($1 + $2) / $3}' /tmp/dur/pg-$NAME/cpu.txt)
+  for c in ${PGB_CS:-2 4}; do
+    batch_pgbench $c "" "pgbench -c $c batch=${BATCH:-16}"
     if [ -n "$SHARE" ]; then
-      share=$(awk '{printf "%.3f", ($1 + $2) / $3}' /tmp/dur/pg-$NAME/cpu.txt)
-      $P -d $G -c CHECKPOINT
       python3 benches/ab/burn.py $share 10.5 > /tmp/pg-durable-$NAME.burn & BP=$!
-      pgbench -h 127.0.0.1 -U postgres -n -M prepared -c $c -j 2 -T 10 -D run="$(date +%s)${c}9" -D batch="${BATCH:-16}" \
-        -D payloads="$N" -D deferred=1 -D live="$LIVE" -D clients=$c -D seq=0 -f benches/pgbench/compute_batch.sql $G 2>&1 |
-        grep -E '^tps' | sed "s/^/pgbench -c $c batch=${BATCH:-16} beside $share cores taken: /"
+      batch_pgbench $c 9 "pgbench -c $c batch=${BATCH:-16} beside $share cores taken"
       wait $BP; sed "s/^/  /" /tmp/pg-durable-$NAME.burn
     fi
   done
