@@ -908,8 +908,8 @@ enum Keys {
 /// arrays of a batch are tens of kilobytes (each result's JSON is one element), and a
 /// buffer grown by doubling copied them several times (RESULTS.md §31).
 fn plan_arguments(plan: &batch::Plan) -> PgArguments {
-    // Per element: a 4-byte length and the value. Results: the JSON and about 300 bytes
-    // of short columns; shares and entries: about 120 bytes a row; counters: 100.
+    // Per element: a 4-byte length and the value. Estimates, rounded up: a result is its
+    // JSON and 320 bytes of short columns; a share or entry row 128 bytes; a counter 100.
     let rows: usize = plan
         .new
         .iter()
