@@ -8,12 +8,12 @@
 //! concurrent moves cannot form a cycle together. Commits are synchronous.
 
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::query::Query;
 use sqlx::{Connection, Postgres, Row, Transaction};
 
@@ -30,11 +30,11 @@ use crate::domain::ruleset::RuleSet;
 
 /// How long a caller waits for a pooled connection before UNAVAILABLE.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections of the one-call batch pool (see [`PgStore::batch_pool`]): one per
+/// Connections of the one-call batch path (see [`BatchConnections`]): one per
 /// group-commit worker for up to 4 workers (the default is 2); more workers queue for
 /// them, for at most [`ACQUIRE_TIMEOUT`].
-const BATCH_POOL_CONNECTIONS: u32 = 4;
-/// A connection of the batch pool idle this long is pinged before it is handed out.
+const BATCH_CONNECTIONS: usize = 4;
+/// A held connection of the batch path idle this long is pinged before it is used.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// Advisory lock key serialising structural network changes ("prorata1" in ASCII).
 const NETWORK_LOCK: i64 = 0x7072_6f72_6174_6131;
@@ -45,13 +45,91 @@ const PAYOUT_LOCK: i64 = 0x7072_6f72_6174_6132;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// The connections of [`store_batch`]'s one calls. The main pool pings a connection
-    /// before handing it out, one round trip of a one-call batch's two; this pool pings
-    /// only a connection idle for [`PING_IF_IDLE_FOR`] (sqlx also pings every connection
-    /// as it is returned, and closes a broken one). A call on a connection that broke
-    /// since fails, and its batch is stored the general way on the main pool (RESULTS
-    /// §28). Connected lazily, so a store that never stores such a batch opens none.
-    batch_pool: PgPool,
+    /// The connections of [`store_batch`]'s one calls.
+    batch: Arc<BatchConnections>,
+}
+
+/// The connections of [`store_batch`]'s one calls, held between batches rather than
+/// pooled. A sqlx pool pings a connection as it is returned to it, and the main pool
+/// also before handing one out: a one-call batch is one round trip, and each ping would
+/// be one more for PostgreSQL (RESULTS §28, §32). A held connection is pinged only when
+/// it was idle for [`PING_IF_IDLE_FOR`]. One whose call failed other than with a taken
+/// key is dropped; the batch is then stored the general way on the main pool, and the
+/// next batch opens a new connection. Connected on first use, so a store that never
+/// stores such a batch opens none.
+#[derive(Debug)]
+struct BatchConnections {
+    options: PgConnectOptions,
+    /// At most [`BATCH_CONNECTIONS`] in use or held; closed by [`PgStore::close`].
+    permits: tokio::sync::Semaphore,
+    /// Held connections, each with the time it was last used.
+    idle: Mutex<Vec<(PgConnection, Instant)>>,
+}
+
+/// A connection of [`BatchConnections`] in use.
+struct BatchConnection<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    conn: PgConnection,
+}
+
+impl BatchConnections {
+    fn new(options: PgConnectOptions) -> Self {
+        BatchConnections {
+            options,
+            permits: tokio::sync::Semaphore::new(BATCH_CONNECTIONS),
+            idle: Mutex::new(Vec::with_capacity(BATCH_CONNECTIONS)),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(PgConnection, Instant)>> {
+        // The list is valid whatever a panicking holder did: push and pop only.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A held connection (pinged if idle for [`PING_IF_IDLE_FOR`]), else a new one.
+    async fn take(&self) -> Result<BatchConnection<'_>> {
+        let unavailable = |what: &str| StoreError::Unavailable(format!("batch connection: {what}"));
+        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.acquire())
+            .await
+            .map_err(|_| unavailable("timed out waiting for one"))?
+            .map_err(|_| unavailable("the store is closed"))?;
+        loop {
+            let held = self.idle().pop();
+            let Some((mut conn, since)) = held else {
+                let conn = tokio::time::timeout(
+                    ACQUIRE_TIMEOUT,
+                    PgConnection::connect_with(&self.options),
+                )
+                .await
+                .map_err(|_| unavailable("timed out connecting"))??;
+                return Ok(BatchConnection {
+                    _permit: permit,
+                    conn,
+                });
+            };
+            // A held connection that fails its ping is dropped (closing its socket).
+            if since.elapsed() < PING_IF_IDLE_FOR || conn.ping().await.is_ok() {
+                return Ok(BatchConnection {
+                    _permit: permit,
+                    conn,
+                });
+            }
+        }
+    }
+
+    /// Holds `c` again for the next batch (its permit is released with it).
+    fn put(&self, c: BatchConnection<'_>) {
+        self.idle().push((c.conn, Instant::now()));
+    }
+
+    /// No new batch call; the held connections are closed.
+    async fn close(&self) {
+        self.permits.close();
+        let held: Vec<_> = self.idle().drain(..).collect();
+        for (conn, _) in held {
+            let _ = conn.close().await;
+        }
+    }
 }
 
 impl PgStore {
@@ -77,20 +155,8 @@ impl PgStore {
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        let batch_pool = PgPoolOptions::new()
-            .max_connections(BATCH_POOL_CONNECTIONS)
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_IF_IDLE_FOR {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(opts);
-        Ok(PgStore { pool, batch_pool })
+        let batch = Arc::new(BatchConnections::new(opts));
+        Ok(PgStore { pool, batch })
     }
 
     /// Drops a schema made by [`PgStore::connect`] (conformance runs clean up after themselves).
@@ -110,7 +176,7 @@ impl PgStore {
 
     /// Closes the pool.
     pub async fn close(&self) {
-        self.batch_pool.close().await;
+        self.batch.close().await;
         self.pool.close().await;
     }
 }
@@ -707,7 +773,7 @@ const BATCH_KEY_TAKEN: &str = "PR001";
 /// general way: an order's key is taken (a replay the result cache did not answer, or an
 /// order stored by another replica), or the engine refused an order.
 async fn store_batch(
-    pool: &PgPool,
+    conns: &BatchConnections,
     batch: &[PendingSplit],
 ) -> Result<Option<Vec<Result<CommitOutcome>>>> {
     let mut phase = batch::Phases::start();
@@ -727,13 +793,21 @@ async fn store_batch(
              $34, $35)",
         plan_arguments(&plan),
     );
+    let mut c = conns.take().await?;
     let done = bind_sums(bind_rows(q, &plan), &plan.counters)
         .bind(&bb)
         .bind(&bo)
         .bind(&ids)
         .bind(&paid_at)
-        .execute(pool)
+        .execute(&mut c.conn)
         .await;
+    // Held again after a stored batch or a taken key (the function's own error, which
+    // leaves the connection ready); after any other error, a new one is opened next time
+    // (a terminated backend, for one, answers with a database error, 57P01).
+    let key_taken = |e: &sqlx::Error| matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some(BATCH_KEY_TAKEN));
+    if done.as_ref().map_or_else(key_taken, |_| true) {
+        conns.put(c);
+    }
     phase.done("call");
     match done {
         Ok(_) => {
@@ -1245,7 +1319,7 @@ impl Store for PgStore {
     async fn commit_splits(&self, batch: &[PendingSplit]) -> Result<Vec<Result<CommitOutcome>>> {
         // One round trip when no rule set of the batch reads order history.
         if batch.iter().all(|p| !p.plan.ruleset.reads_order_history()) {
-            let one_call = store_batch(&self.batch_pool, batch).await;
+            let one_call = store_batch(&self.batch, batch).await;
             if let Ok(Some(out)) = one_call {
                 return Ok(out);
             }

@@ -939,3 +939,98 @@ async fn a_batch_whose_sales_reach_a_grade_upgrades_its_promoter_once(backend: B
     app.shutdown().await;
 }
 both_backends!(a_batch_whose_sales_reach_a_grade_upgrades_its_promoter_once);
+
+/// PostgreSQL's one-call batches run on connections the store holds between batches:
+/// the connection's last statement is the batch's call, not a ping (a sqlx pool pings
+/// every connection returned to it, one more round trip per batch). When the held
+/// connection breaks (here every backend of the store is terminated), the batch is
+/// stored the general way, and the next batch opens a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broken_held_batch_connection_is_replaced_and_its_batch_stored() {
+    use prorata::store::postgres::PgStore;
+    if !crate::helpers::postgres_available().await {
+        return;
+    }
+    let name = format!("prorata_held_{}", std::process::id());
+    let url = crate::helpers::pg_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let store: Arc<dyn Store> = Arc::new(
+        PgStore::connect(
+            &format!("{url}{sep}application_name={name}"),
+            4,
+            Some(&name),
+        )
+        .await
+        .unwrap(),
+    );
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    // The store's connections that last ran a one-call batch, with their pid.
+    let batch_pids = || {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1
+             AND query LIKE 'SELECT prorata_store_batch%' ORDER BY pid",
+        )
+        .bind(&name)
+        .fetch_all(&admin)
+    };
+    let seen: Seen = Default::default();
+    let plain = |id: &str, minor| {
+        pending_under(
+            PLAIN_RULES,
+            &order(id, "B1", minor),
+            Some("P"),
+            &seen,
+            false,
+        )
+    };
+    let stored = |out: Vec<Result<CommitOutcome, StoreError>>| {
+        for r in out {
+            match r {
+                Ok(CommitOutcome::Stored { result, .. }) => result.check().unwrap(),
+                other => panic!("stored: {other:?}"),
+            }
+        }
+    };
+
+    stored(
+        store
+            .commit_splits(&[plain("H-1", 1_000), plain("H-2", 2_000)])
+            .await
+            .unwrap(),
+    );
+    let first = batch_pids().await.unwrap();
+    assert_eq!(
+        first.len(),
+        1,
+        "one held connection ran the call: {first:?}"
+    );
+
+    // Every backend of the store ends (each call waits up to 5 s for its backend to exit).
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&name)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(killed.len() >= 2 && killed.iter().all(|k| *k), "{killed:?}");
+    // The held connection's call fails: the batch is stored the general way.
+    stored(store.commit_splits(&[plain("H-3", 3_000)]).await.unwrap());
+    // The next batch opens a new connection for its one call.
+    stored(store.commit_splits(&[plain("H-4", 4_000)]).await.unwrap());
+    let after = batch_pids().await.unwrap();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, first, "a new connection");
+    for id in ["H-1", "H-2", "H-3", "H-4"] {
+        assert!(store.get_split(id).await.unwrap().is_some(), "{id}");
+    }
+    let sales: i64 = sqlx::query_scalar(&format!(
+        "SELECT amount FROM \"{name}\".volumes WHERE kind = 'merchant' AND subject = 'M1'"
+    ))
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(sales, 10_000, "each order counted once");
+    admin.close().await;
+    PgStore::drop_schema(&url, &name).await.unwrap();
+}
