@@ -37,7 +37,7 @@ n = m.get(('prorata_group_commit_batch_orders_count', None))
 if n:
     o = m[('prorata_group_commit_batch_orders_sum', None)]
     phases = ' '.join('%s %.2f ms' % (p, m.get(('prorata_group_commit_phase_seconds_sum', p), 0) / n * 1e3)
-                      for p in ['begin', 'read', 'engine', 'call', 'write', 'counters', 'commit'] if ('prorata_group_commit_phase_seconds_sum', p) in m)
+                      for p in ['begin', 'read', 'engine', 'bind', 'connection', 'call', 'write', 'counters', 'commit'] if ('prorata_group_commit_phase_seconds_sum', p) in m)
     print('  batches %d, %.1f orders each; per batch: %s' % (n, o / n, phases))
     q = m.get(('prorata_group_commit_queue_seconds_count', None))
     if q:

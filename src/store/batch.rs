@@ -317,7 +317,9 @@ pub(crate) fn archived(order_id: &str) -> super::StoreError {
 /// `prorata_group_commit_phase_seconds{phase}`: read (locks, stored ids, counters,
 /// buyers), engine (every order computed and checked), write (every row), commit; on
 /// PostgreSQL also begin (a pooled connection and its BEGIN) and counters (deferred
-/// counters and buyers, grade checks: what follows the rows).
+/// counters and buyers, grade checks: what follows the rows), and for a one-call batch
+/// engine, bind (its arguments encoded), connection (a held connection taken) and call
+/// (the round trip, commit included).
 pub(crate) struct Phases(std::time::Instant);
 
 impl Phases {

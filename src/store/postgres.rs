@@ -793,14 +793,15 @@ async fn store_batch(
              $34, $35)",
         plan_arguments(&plan),
     );
-    let mut c = conns.take().await?;
-    let done = bind_sums(bind_rows(q, &plan), &plan.counters)
+    let q = bind_sums(bind_rows(q, &plan), &plan.counters)
         .bind(&bb)
         .bind(&bo)
         .bind(&ids)
-        .bind(&paid_at)
-        .execute(&mut c.conn)
-        .await;
+        .bind(&paid_at);
+    phase.done("bind");
+    let mut c = conns.take().await?;
+    phase.done("connection");
+    let done = q.execute(&mut c.conn).await;
     // Held again after a stored batch or a taken key (the function's own error, which
     // leaves the connection ready); after any other error, a new one is opened next time
     // (a terminated backend, for one, answers with a database error, 57P01).
