@@ -107,8 +107,14 @@ impl BatchConnections {
                     conn,
                 });
             };
-            // A held connection that fails its ping is dropped (closing its socket).
-            if since.elapsed() < PING_IF_IDLE_FOR || conn.ping().await.is_ok() {
+            // A held connection that fails its ping, or does not answer it within
+            // ACQUIRE_TIMEOUT, is dropped (closing its socket).
+            if since.elapsed() < PING_IF_IDLE_FOR
+                || matches!(
+                    tokio::time::timeout(ACQUIRE_TIMEOUT, conn.ping()).await,
+                    Ok(Ok(()))
+                )
+            {
                 return Ok(BatchConnection {
                     _permit: permit,
                     conn,

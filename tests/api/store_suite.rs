@@ -944,7 +944,8 @@ both_backends!(a_batch_whose_sales_reach_a_grade_upgrades_its_promoter_once);
 /// the connection's last statement is the batch's call, not a ping (a sqlx pool pings
 /// every connection returned to it, one more round trip per batch). When the held
 /// connection breaks (here every backend of the store is terminated), the batch is
-/// stored the general way, and the next batch opens a new connection.
+/// stored the general way, and the next batch opens a new connection; one idle for over
+/// a second is pinged first, and replaced when the ping fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broken_held_batch_connection_is_replaced_and_its_batch_stored() {
     use prorata::store::postgres::PgStore;
@@ -1021,7 +1022,26 @@ async fn a_broken_held_batch_connection_is_replaced_and_its_batch_stored() {
     let after = batch_pids().await.unwrap();
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(after, first, "a new connection");
-    for id in ["H-1", "H-2", "H-3", "H-4"] {
+
+    // Held for over a second, a connection is pinged before its next call: a broken one
+    // is replaced there, and the batch still goes in one call on the new connection.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&name)
+    .execute(&admin)
+    .await
+    .unwrap();
+    stored(store.commit_splits(&[plain("H-5", 5_000)]).await.unwrap());
+    let last = batch_pids().await.unwrap();
+    assert_eq!(
+        last.len(),
+        1,
+        "the call ran on a new held connection: {last:?}"
+    );
+    assert_ne!(last, after);
+    for id in ["H-1", "H-2", "H-3", "H-4", "H-5"] {
         assert!(store.get_split(id).await.unwrap().is_some(), "{id}");
     }
     let sales: i64 = sqlx::query_scalar(&format!(
@@ -1030,7 +1050,7 @@ async fn a_broken_held_batch_connection_is_replaced_and_its_batch_stored() {
     .fetch_one(&admin)
     .await
     .unwrap();
-    assert_eq!(sales, 10_000, "each order counted once");
+    assert_eq!(sales, 15_000, "each order counted once");
     admin.close().await;
     PgStore::drop_schema(&url, &name).await.unwrap();
 }
