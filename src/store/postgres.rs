@@ -93,19 +93,15 @@ impl BatchConnections {
             .await
             .map_err(|_| unavailable("timed out waiting for one"))?
             .map_err(|_| unavailable("the store is closed"))?;
-        loop {
+        let conn = loop {
             let held = self.idle().pop();
             let Some((mut conn, since)) = held else {
-                let conn = tokio::time::timeout(
+                break tokio::time::timeout(
                     ACQUIRE_TIMEOUT,
                     PgConnection::connect_with(&self.options),
                 )
                 .await
                 .map_err(|_| unavailable("timed out connecting"))??;
-                return Ok(BatchConnection {
-                    _permit: permit,
-                    conn,
-                });
             };
             // A held connection that fails its ping, or does not answer it within
             // ACQUIRE_TIMEOUT, is dropped (closing its socket).
@@ -115,12 +111,13 @@ impl BatchConnections {
                     Ok(Ok(()))
                 )
             {
-                return Ok(BatchConnection {
-                    _permit: permit,
-                    conn,
-                });
+                break conn;
             }
-        }
+        };
+        Ok(BatchConnection {
+            _permit: permit,
+            conn,
+        })
     }
 
     /// Holds `c` again for the next batch (its permit is released with it).
@@ -811,8 +808,11 @@ async fn store_batch(
     // Held again after a stored batch or a taken key (the function's own error, which
     // leaves the connection ready); after any other error, a new one is opened next time
     // (a terminated backend, for one, answers with a database error, 57P01).
-    let key_taken = |e: &sqlx::Error| matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some(BATCH_KEY_TAKEN));
-    if done.as_ref().map_or_else(key_taken, |_| true) {
+    let key_taken = matches!(
+        &done,
+        Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some(BATCH_KEY_TAKEN)
+    );
+    if done.is_ok() || key_taken {
         conns.put(c);
     }
     phase.done("call");
@@ -821,7 +821,7 @@ async fn store_batch(
             let upgraded = vec![Vec::new(); plan.new.len()];
             Ok(Some(plan.outcomes(upgraded)))
         }
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(BATCH_KEY_TAKEN) => Ok(None),
+        Err(_) if key_taken => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

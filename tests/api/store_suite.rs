@@ -1006,15 +1006,19 @@ async fn a_broken_held_batch_connection_is_replaced_and_its_batch_stored() {
         "one held connection ran the call: {first:?}"
     );
 
-    // Every backend of the store ends (each call waits up to 5 s for its backend to exit).
-    let killed: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = $1",
-    )
-    .bind(&name)
-    .fetch_all(&admin)
-    .await
-    .unwrap();
-    assert!(killed.len() >= 2 && killed.iter().all(|k| *k), "{killed:?}");
+    // Ends every backend of the store (each call waits up to 5 s for its backend to exit):
+    // the main pool's and the held one.
+    let terminate = || async {
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(&name)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+        assert!(killed.len() >= 2 && killed.iter().all(|k| *k), "{killed:?}");
+    };
+    terminate().await;
     // The held connection's call fails: the batch is stored the general way.
     stored(store.commit_splits(&[plain("H-3", 3_000)]).await.unwrap());
     // The next batch opens a new connection for its one call.
@@ -1026,13 +1030,7 @@ async fn a_broken_held_batch_connection_is_replaced_and_its_batch_stored() {
     // Held for over a second, a connection is pinged before its next call: a broken one
     // is replaced there, and the batch still goes in one call on the new connection.
     tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = $1",
-    )
-    .bind(&name)
-    .execute(&admin)
-    .await
-    .unwrap();
+    terminate().await;
     stored(store.commit_splits(&[plain("H-5", 5_000)]).await.unwrap());
     let last = batch_pids().await.unwrap();
     assert_eq!(
